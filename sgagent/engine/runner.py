@@ -1,0 +1,82 @@
+"""ModelRunner: owns the weights, the KV pool and the attention backend; runs one step off the loop thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import make_backend
+from .config import EngineConfig
+from .kv_pool import KVPool
+from .model.llama import CausalLM
+from .model.source import ModelSource
+from .sampler import sample
+from .scheduler import StepPlan
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class StepOutput:
+    tokens: list[int]  # one per sampling item, in plan order
+    logprobs: list[float | None]
+    prompt_logprobs: list[list[float]]  # one list per plan item
+
+
+class ModelRunner:
+    def __init__(self, src: ModelSource, cfg: EngineConfig):
+        if cfg.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(dev)
+        self.dtype = _DTYPES[cfg.dtype]
+        self.config = src.config
+        model = CausalLM(src.config, src.hf_config)
+        model.load(src.load_tensors())
+        self.model = model.to_device(self.device, self.dtype).eval()
+        self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device)
+        self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads)
+
+    @torch.inference_mode()
+    def step(self, plan: StepPlan) -> StepOutput:
+        b = plan.batch
+        ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device))
+        lp_rows = [r for it in plan.items for r in it.lp_rows]
+        rows = torch.tensor(b.logit_rows + lp_rows, dtype=torch.long, device=self.device)
+        if len(rows) == 0:
+            return StepOutput([], [], [[] for _ in plan.items])
+        logits = self.model.logits(hidden[rows])
+        n = len(b.logit_rows)
+        sampling = [it.req for it in plan.items if it.sample]
+        tokens, chosen = [], []
+        if n:
+            raw = logits[:n]
+            masked = raw
+            if any(r.constraint is not None for r in sampling):
+                masked = raw.clone()
+                for i, r in enumerate(sampling):
+                    if r.constraint is not None:
+                        r.constraint.mask_logits(masked[i])
+            tok = sample(masked, [r.params for r in sampling], [r.generator for r in sampling])
+            tokens = tok.tolist()
+            if any(r.params.logprobs for r in sampling):
+                lp = raw.log_softmax(-1).gather(1, tok[:, None])[:, 0].tolist()
+                chosen = [lp[i] if r.params.logprobs else None for i, r in enumerate(sampling)]
+            else:
+                chosen = [None] * n
+        prompt_lps = []
+        if lp_rows:
+            targets = torch.tensor([t for it in plan.items for t in it.lp_targets], device=self.device)
+            vals = logits[n:].log_softmax(-1).gather(1, targets[:, None])[:, 0].tolist()
+            k = 0
+            for it in plan.items:
+                prompt_lps.append(vals[k : k + len(it.lp_rows)])
+                k += len(it.lp_rows)
+        else:
+            prompt_lps = [[] for _ in plan.items]
+        return StepOutput(tokens, chosen, prompt_lps)

@@ -1,0 +1,240 @@
+"""Continuous batching: which tokens of which requests run in the next step, and who holds which pages.
+
+Every request is driven the same way: the tokens of `req.tokens` past `req.num_computed` are extended
+into the KV cache (a whole prompt, a prefill chunk, one decoded token, or a jump-forward run), and when
+the last one is in, the next token is sampled. All of this state is touched only from the engine's loop.
+"""
+
+from __future__ import annotations
+
+import os.path
+from dataclasses import dataclass, field
+
+from .batch import ForwardBatch, SeqSlice
+from .config import EngineConfig
+from .kv_pool import KVPool
+from .radix import RadixTree
+from .request import SamplingParams
+
+
+@dataclass(eq=False)
+class Req:
+    id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: int
+    logprob_start: int | None = None  # prompt logprobs wanted from this position on
+    tokens: list[int] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    node: object = None  # radix node this request holds a lock on
+    inserted: int = 0  # tokens of this request already owned by the tree
+    cached_tokens: int | None = None
+    skipped: int = 0
+    prompt_logprobs: list[float] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    decode_steps: int = 0
+    generator: object = None
+    constraint: object = None  # a ConstraintState when the output is constrained
+    finished: bool = False
+    handle: object = None  # the engine's per-request output side
+
+    def __post_init__(self):
+        self.tokens = list(self.prompt_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.tokens[len(self.prompt_ids) :]
+
+    @property
+    def wants_token(self) -> bool:
+        return len(self.tokens) - len(self.prompt_ids) < self.params.max_tokens
+
+
+@dataclass
+class StepItem:
+    req: Req
+    seq: SeqSlice
+    sample: bool
+    lp_rows: list[int]
+    lp_targets: list[int]
+
+
+@dataclass
+class StepPlan:
+    batch: ForwardBatch = field(default_factory=ForwardBatch)
+    items: list[StepItem] = field(default_factory=list)
+
+    def add(self, req: Req, n: int) -> None:
+        start = req.num_computed
+        seq = self.batch.add(req.tokens[start : start + n], start, req.pages)
+        sample = start + n == len(req.tokens) and req.wants_token
+        if sample:
+            self.batch.logit_rows.append(seq.row + n - 1)
+        rows, targets = [], []
+        if req.logprob_start is not None:
+            lo = max(start, req.logprob_start - 1)
+            for p in range(lo, min(start + n, len(req.prompt_ids) - 1)):
+                rows.append(seq.row + p - start)
+                targets.append(req.tokens[p + 1])
+        self.items.append(StepItem(req, seq, sample, rows, targets))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+class Scheduler:
+    def __init__(self, cfg: EngineConfig, pool: KVPool):
+        self.cfg = cfg
+        self.pool = pool
+        self.ps = pool.page_size
+        self.tree = RadixTree(pool, self.ps) if cfg.radix_cache else None
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.preemptions = 0
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+
+    # -- queue ---------------------------------------------------------------------------------
+    def add(self, req: Req) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def drop(self, req: Req) -> None:
+        """Take a request out (finished or aborted) and give back what it holds."""
+        if req in self.waiting:
+            self.waiting.remove(req)
+        elif req in self.running:
+            self.running.remove(req)
+            self._release(req)
+
+    # -- pages ---------------------------------------------------------------------------------
+    def _pages_for(self, n_tokens: int) -> int:
+        return (n_tokens + self.ps - 1) // self.ps
+
+    def _make_room(self, need: int) -> bool:
+        short = need - self.pool.num_free
+        if short > 0 and self.tree is not None:
+            self.tree.evict(short)
+        return self.pool.num_free >= need
+
+    def _publish(self, req: Req) -> None:
+        """Give the request's computed whole pages to the tree, so others can match them."""
+        full = req.num_computed // self.ps
+        if self.tree is None or full * self.ps <= req.inserted:
+            return
+        tree_pages, node = self.tree.insert(req.tokens[: full * self.ps], req.pages[:full])
+        dups = [p for p, t in zip(req.pages[:full], tree_pages) if p != t]
+        self.pool.free(dups)
+        req.pages[:full] = tree_pages
+        self.tree.lock(node)
+        if req.node is not None:
+            self.tree.unlock(req.node)
+        req.node, req.inserted = node, full * self.ps
+
+    def _release(self, req: Req) -> None:
+        if self.tree is None:
+            self.pool.free(req.pages)
+        else:
+            self._publish(req)
+            if req.node is not None:
+                self.tree.unlock(req.node)
+            self.pool.free(req.pages[req.inserted // self.ps :])
+        req.pages, req.node, req.inserted, req.num_computed = [], None, 0, 0
+
+    def _preempt(self, req: Req) -> None:
+        self.running.remove(req)
+        self._release(req)
+        self.waiting.insert(0, req)
+        self.preemptions += 1
+
+    def _ensure_pages(self, req: Req, upto: int, planned: set) -> bool:
+        """Pages for req up to token `upto`, evicting cache and then preempting younger requests."""
+        need = self._pages_for(upto) - len(req.pages)
+        while not self._make_room(need):
+            victims = [r for r in self.running if r is not req and r not in planned]
+            if not victims:
+                return False
+            self._preempt(victims[-1])
+        req.pages.extend(self.pool.alloc(need))
+        return True
+
+    # -- the step ------------------------------------------------------------------------------
+    def schedule(self) -> tuple[StepPlan, list[Req]]:
+        """The next step's plan, and requests that can never fit (to be failed by the caller)."""
+        plan, planned, budget, unfit = StepPlan(), set(), self.cfg.max_batch_tokens, []
+        for req in list(self.running):
+            if req not in self.running:
+                continue  # preempted for an older request in this loop
+            left = len(req.tokens) - req.num_computed
+            n = left if left == 1 else min(left, budget)  # decodes always run; chunks share the budget
+            if n <= 0:
+                continue
+            if not self._ensure_pages(req, req.num_computed + n, planned):
+                self._preempt(req)
+                if not self.running and not plan:
+                    unfit.append(req)  # alone and still too big for the whole pool
+                continue
+            plan.add(req, n)
+            planned.add(req)
+            budget -= n
+        self._admit(plan, budget)
+        return plan, unfit
+
+    def _order(self) -> list[Req]:
+        window = self.waiting[:256]
+        if self.tree is None:
+            return window
+        starving = [r for r in window if r.skipped >= self.cfg.starvation_steps]
+        rest = [r for r in window if r.skipped < self.cfg.starvation_steps]
+        rest.sort(key=lambda r: (-self.tree.match_len(self._match_limit(r)), r.arrival))
+        return starving + rest
+
+    def _match_limit(self, req: Req) -> list[int]:
+        # at least one token must run to give logits; prompt logprobs need their positions computed
+        end = len(req.tokens) - 1
+        if req.logprob_start is not None:
+            end = min(end, req.logprob_start - 1)
+        return req.tokens[: max(end, 0)]
+
+    def _admit(self, plan: StepPlan, budget: int) -> None:
+        sharing = [r.tokens for r in self.running if r.num_computed < len(r.prompt_ids)]
+        for req in self._order():
+            if budget <= 0 or len(self.running) >= self.cfg.max_running_requests:
+                break
+            pages, node = [], None
+            if self.tree is not None:
+                key = self._match_limit(req)
+                cached = self.tree.match_len(key)
+                # a request computing the same uncached prefix right now: wait and reuse its pages
+                if any(len(os.path.commonprefix([req.tokens, t])) >= cached + self.ps for t in sharing):
+                    continue
+                pages, node = self.tree.match(key)
+                self.tree.lock(node)
+            matched = len(pages) * self.ps
+            n = min(len(req.tokens) - matched, budget)
+            need = self._pages_for(matched + n) - len(pages)
+            if not self._make_room(need):
+                if node is not None:
+                    self.tree.unlock(node)
+                break
+            req.pages = pages + self.pool.alloc(need)
+            req.node, req.inserted, req.num_computed = node, matched, matched
+            if req.cached_tokens is None:
+                req.cached_tokens = min(matched, len(req.prompt_ids))
+                self.prompt_tokens += len(req.prompt_ids)
+                self.cached_tokens += req.cached_tokens
+            self.waiting.remove(req)
+            self.running.append(req)
+            plan.add(req, n)
+            budget -= n
+            sharing.append(req.tokens)
+        for req in self.waiting:
+            req.skipped += 1
+
+    def after_step(self, plan: StepPlan) -> None:
+        for item in plan.items:
+            item.req.num_computed += item.seq.q_len
+            self._publish(item.req)

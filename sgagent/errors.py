@@ -1,0 +1,53 @@
+"""Typed errors raised to users. Every failure a caller can cause has its own class."""
+
+
+class SgagentError(Exception):
+    """Base of every error sgagent raises on purpose."""
+
+
+class ModelNotFoundError(SgagentError, FileNotFoundError):
+    pass
+
+
+class UnsupportedArchitectureError(SgagentError, ValueError):
+    pass
+
+
+class PromptTooLongError(SgagentError, ValueError):
+    pass
+
+
+class InvalidSamplingParamsError(SgagentError, ValueError):
+    pass
+
+
+class EngineClosedError(SgagentError, RuntimeError):
+    pass
+
+
+class RequestAbortedError(SgagentError, RuntimeError):
+    """The engine dropped a request (engine shut down, or an internal failure on its step)."""
+
+
+class ConstraintError(SgagentError, ValueError):
+    """A constraint (regex, JSON schema, choices) cannot be compiled."""
+
+
+class InvalidRegexError(ConstraintError):
+    pass
+
+
+class UnsupportedSchemaError(ConstraintError):
+    pass
+
+
+class IncompleteGenerationError(SgagentError, RuntimeError):
+    """A constrained generation stopped (max_tokens) before its constraint was complete."""
+
+    def __init__(self, message: str, text: str = ""):
+        super().__init__(message)
+        self.text = text
+
+
+class InvalidPromptError(SgagentError, ValueError):
+    """An empty prompt, or both/neither of prompt and messages given."""
