@@ -44,17 +44,23 @@ class _Handle:
 
 
 class Engine:
-    def __init__(self, model: str | None = None, config: EngineConfig | None = None, **overrides):
+    def __init__(self, model: str | None = None, config: EngineConfig | None = None, *, _share=None,
+                 **overrides):
         cfg = dataclasses.replace(config or EngineConfig(), **overrides)
         if model is not None:
             cfg.model = model
         self.config = cfg
         self.log = get_logger("sgagent.engine")
         t0 = time.perf_counter()
-        src = resolve(cfg.model)
+        if _share is None:
+            src = resolve(cfg.model)
+            self.tokenizer = src.load_tokenizer()
+            self.runner = ModelRunner(src, cfg)
+        else:
+            src, self.tokenizer, weights = _share
+            self.runner = ModelRunner(src, cfg, weights)
+        self._src = src
         self.model_path = str(src.path)
-        self.tokenizer = src.load_tokenizer()
-        self.runner = ModelRunner(src, cfg)
         mc = src.config
         self.model_config = mc
         self.max_context = min(cfg.max_context or mc.max_position, mc.max_position)
@@ -76,6 +82,16 @@ class Engine:
         self.log.info("engine.ready", model=self.model_path, device=str(self.runner.device),
                       kv_pages=self.runner.pool.capacity, page_size=cfg.page_size,
                       radix=cfg.radix_cache, seconds=round(time.perf_counter() - t0, 2))
+
+    def with_config(self, **overrides) -> "Engine":
+        """A second engine on the same loaded weights and tokenizer, with its own KV pool and scheduler.
+
+        dtype and device must stay the same (the weights are shared as they are).
+        """
+        if any(k in overrides for k in ("model", "dtype", "device")):
+            raise ValueError("with_config shares the weights: model, dtype and device cannot change")
+        return Engine(config=dataclasses.replace(self.config, **overrides),
+                      _share=(self._src, self.tokenizer, self.runner.model))
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":

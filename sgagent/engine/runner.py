@@ -25,7 +25,7 @@ class StepOutput:
 
 
 class ModelRunner:
-    def __init__(self, src: ModelSource, cfg: EngineConfig):
+    def __init__(self, src: ModelSource, cfg: EngineConfig, model: CausalLM | None = None):
         if cfg.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
         if cfg.num_threads:
@@ -34,9 +34,11 @@ class ModelRunner:
         self.device = torch.device(dev)
         self.dtype = _DTYPES[cfg.dtype]
         self.config = src.config
-        model = CausalLM(src.config, src.hf_config)
-        model.load(src.load_tensors())
-        self.model = model.to_device(self.device, self.dtype).eval()
+        if model is None:
+            model = CausalLM(src.config, src.hf_config)
+            model.load(src.load_tensors())
+            model = model.to_device(self.device, self.dtype).eval()
+        self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device)
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads)
 

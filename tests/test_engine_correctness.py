@@ -1,0 +1,112 @@
+"""Our engine against transformers on the same weights: greedy tokens equal, logits close."""
+
+import asyncio
+
+import pytest
+import torch
+
+import sgagent
+from sgagent.engine.scheduler import Req, StepPlan
+from sgagent.engine.request import SamplingParams
+from conftest import hf_greedy, hf_logprobs
+
+PROMPTS = [
+    "Once upon a time",
+    "The three most important inventions of the twentieth century were",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Q: A farmer has 17 sheep and buys 5 more. How many sheep does he have?\nA:",
+    "Paris is the capital of France. Berlin is the capital of Germany. Madrid is",
+]
+
+
+async def test_greedy_tokens_equal_transformers(engine, hf_model):
+    for p in PROMPTS:
+        r = await engine.generate(p, max_tokens=32, temperature=0.0, ignore_eos=True)
+        assert len(r.token_ids) == 32
+        assert r.token_ids == hf_greedy(hf_model, engine.tokenize(p), 32), p
+
+
+async def test_last_position_logits_close(engine, hf_model):
+    runner = engine.runner
+    for p in PROMPTS:
+        ids = engine.tokenize(p)
+        req = Req("t", ids, SamplingParams(temperature=0), 0)
+        req.pages = runner.pool.alloc((len(ids) + 15) // 16)
+        try:
+            plan = StepPlan()
+            plan.add(req, len(ids))
+            meta = runner.attn.prepare(plan.batch, runner.device)
+            h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions), runner.attn, meta)
+            ours = runner.model.logits(h[-1:])[0]
+        finally:
+            runner.pool.free(req.pages)
+        with torch.no_grad():
+            ref = hf_model(torch.tensor([ids])).logits[0, -1].float()
+        assert torch.allclose(ours, ref, atol=1e-3, rtol=0), (ours - ref).abs().max()
+
+
+async def test_chat_messages_and_logprobs_match(engine, hf_model):
+    msgs = [{"role": "user", "content": "Name a colour of the rainbow."}]
+    r = await engine.generate(messages=msgs, max_tokens=16, temperature=0.0, logprobs=True)
+    ids = engine.tokenize(messages=msgs)
+    assert ids == engine.tokenizer.encode(engine.render(msgs), add_special_tokens=False)
+    ref = hf_logprobs(hf_model, ids, r.token_ids)
+    assert r.logprobs == pytest.approx(ref, abs=1e-3)
+
+
+async def test_batch_of_mixed_lengths_equals_each_alone(engine):
+    alone = [await engine.generate(p, max_tokens=24, temperature=0.0) for p in PROMPTS]
+    together = await asyncio.gather(*(engine.generate(p, max_tokens=24, temperature=0.0) for p in PROMPTS))
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+
+
+async def test_chunked_prefill_equals_whole_prefill(engine):
+    small = engine.with_config(max_batch_tokens=7, kv_cache_bytes=32 << 20, radix_cache=False)
+    try:
+        for p in PROMPTS[1:3]:
+            a = await engine.generate(p, max_tokens=12, temperature=0.0)
+            b = await small.generate(p, max_tokens=12, temperature=0.0)
+            assert a.token_ids == b.token_ids
+    finally:
+        await small.aclose()
+
+
+async def test_score_matches_transformers(engine, hf_model):
+    prompt = "The capital of France is"
+    conts = [" Paris", " London", " a city in Europe"]
+    scores = await engine.score(prompt, conts)
+    base = engine.tokenize(prompt)
+    for c, s in zip(conts, scores):
+        ref = hf_logprobs(hf_model, base, engine.tokenizer.encode(c, add_special_tokens=False))
+        assert s == pytest.approx(ref, abs=1e-3)
+    assert sum(scores[0]) > sum(scores[1])
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+async def test_architectures_match_transformers(arch, tiny_models):
+    path, ref = tiny_models[arch]
+    e = sgagent.Engine(str(path), kv_cache_bytes=8 << 20, page_size=4)
+    try:
+        assert e.model_config.model_type == arch
+        for p in PROMPTS[:3]:
+            r = await e.generate(p, max_tokens=16, temperature=0.0, ignore_eos=True)
+            assert r.token_ids == hf_greedy(ref, e.tokenize(p), 16), (arch, p)
+    finally:
+        await e.aclose()
+
+
+async def test_bfloat16_runs_close_to_float32(engine, tiny_models):
+    path, _ = tiny_models["llama"]
+    a = sgagent.Engine(str(path), kv_cache_bytes=8 << 20)
+    b = a.with_config()  # same weights
+    c = sgagent.Engine(str(path), kv_cache_bytes=8 << 20, dtype="bfloat16")
+    try:
+        ra = await a.generate(PROMPTS[0], max_tokens=4, temperature=0.0, logprobs=True)
+        rc = await c.generate(PROMPTS[0], max_tokens=4, temperature=0.0, logprobs=True)
+        assert c.runner.pool.k.dtype == torch.bfloat16
+        assert rc.token_ids[0] == ra.token_ids[0]
+        assert rc.logprobs[0] == pytest.approx(ra.logprobs[0], abs=0.1)
+        assert (await b.generate(PROMPTS[0], max_tokens=4, temperature=0.0)).token_ids == ra.token_ids
+    finally:
+        for e in (a, b, c):
+            await e.aclose()
