@@ -12,6 +12,7 @@ class EngineConfig:
     device: str = "auto"  # "auto" picks cuda when available
     attention_backend: str = "auto"  # "auto" | "torch" | "flashinfer"
     kv_cache_bytes: int = 1 << 30  # memory budget of the paged KV pool
+    kv_pages: int | None = None  # an exact page count instead of the byte budget
     page_size: int = 16
     max_running_requests: int = 128
     max_batch_tokens: int = 512  # token budget per step (prefill chunks + decodes)

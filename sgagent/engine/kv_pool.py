@@ -16,10 +16,10 @@ class OutOfPagesError(RuntimeError):
 
 
 class KVPool:
-    def __init__(self, cfg: ModelConfig, page_size: int, budget_bytes: int, dtype, device):
+    def __init__(self, cfg: ModelConfig, page_size: int, budget_bytes: int, dtype, device, pages: int | None = None):
         per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * torch.finfo(dtype).bits // 8
         self.page_size = page_size
-        self.num_pages = max(2, budget_bytes // (per_token * page_size))
+        self.num_pages = pages + 1 if pages else max(2, budget_bytes // (per_token * page_size))
         slots = self.num_pages * page_size
         shape = (cfg.num_layers, slots, cfg.num_kv_heads, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)

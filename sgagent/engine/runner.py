@@ -39,7 +39,7 @@ class ModelRunner:
             model.load(src.load_tensors())
             model = model.to_device(self.device, self.dtype).eval()
         self.model = model
-        self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device)
+        self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads)
 
     @torch.inference_mode()

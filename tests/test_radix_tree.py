@@ -1,0 +1,168 @@
+"""The radix tree against a plain reference model, under random operation sequences (hypothesis)."""
+
+import random
+
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sgagent.engine.radix import RadixTree
+
+PS = 2
+CAPACITY = 48
+
+
+class FakePool:
+    def __init__(self, n):
+        self.free_pages = set(range(1, n + 1))
+        self.capacity = n
+
+    @property
+    def num_free(self):
+        return len(self.free_pages)
+
+    def alloc(self, n):
+        out = [self.free_pages.pop() for _ in range(n)]
+        return out
+
+    def free(self, pages):
+        for p in pages:
+            assert p not in self.free_pages, "page freed twice"
+            self.free_pages.add(p)
+
+
+seqs = st.lists(st.integers(0, 2), min_size=0, max_size=14)
+
+
+class RadixMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.pool = FakePool(CAPACITY)
+        self.tree = RadixTree(self.pool, PS)
+        self.ref: dict[tuple, int] = {}  # every cached whole-page prefix -> the page holding its last page
+        self.holders = []  # (node, tokens) locked by "requests"
+        self.private = []  # pages held outside the tree
+
+    def _ref_match(self, tokens):
+        pages, k = [], PS
+        while k <= len(tokens) and tuple(tokens[:k]) in self.ref:
+            pages.append(self.ref[tuple(tokens[:k])])
+            k += PS
+        return pages
+
+    @rule(tokens=seqs, hold=st.booleans())
+    def request(self, tokens, hold):
+        """What the scheduler does: match, lock, compute the rest into private pages, publish, keep or release."""
+        pages, node = self.tree.match(tokens)
+        assert pages == self._ref_match(tokens)
+        self.tree.lock(node)
+        full = len(tokens) // PS
+        need = full - len(pages)
+        if need > self.pool.num_free:
+            self.tree.evict(need - self.pool.num_free)
+            self._sync_after_evict()
+        if need > self.pool.num_free:
+            self.tree.unlock(node)
+            return
+        mine = pages + self.pool.alloc(need)
+        tree_pages, new = self.tree.insert(tokens[: full * PS], mine)
+        self.pool.free([p for p, t in zip(mine, tree_pages) if p != t])
+        for k in range(1, full + 1):
+            self.ref.setdefault(tuple(tokens[: k * PS]), tree_pages[k - 1])
+        assert tree_pages == self._ref_match(tokens[: full * PS])
+        self.tree.lock(new)
+        self.tree.unlock(node)
+        if hold:
+            self.holders.append((new, list(tokens[: full * PS])))
+        else:
+            self.tree.unlock(new)
+
+    @precondition(lambda self: self.holders)
+    @rule(i=st.integers(0, 100))
+    def release(self, i):
+        node, _ = self.holders.pop(i % len(self.holders))
+        self.tree.unlock(node)
+
+    @rule(n=st.integers(0, 20))
+    def evict(self, n):
+        evictable = self.tree.evictable_pages
+        freed = self.tree.evict(n)
+        assert freed >= min(n, evictable) or freed == evictable
+        self._sync_after_evict()
+
+    @rule(tokens=seqs)
+    def match_only(self, tokens):
+        assert self.tree.match_len(tokens) == len(self._ref_match(tokens)) * PS
+
+    def _sync_after_evict(self):
+        present = set()
+        for n in self.tree._nodes():
+            path, x = [], n
+            while x is not self.tree.root:
+                path[:0] = x.key
+                x = x.parent
+            for k in range(len(path) - len(n.key) + PS, len(path) + 1, PS):
+                present.add(tuple(path[:k]))
+        gone = set(self.ref) - present
+        # nothing a holder has locked may go
+        for _, toks in self.holders:
+            for k in range(PS, len(toks) + 1, PS):
+                assert tuple(toks[:k]) not in gone, "a locked prefix was evicted"
+        for key in gone:
+            del self.ref[key]
+        assert present == set(self.ref)
+
+    @invariant()
+    def pages_are_accounted(self):
+        owned = [p for n in self.tree._nodes() for p in n.pages]
+        assert len(owned) == len(set(owned)), "a page owned twice"
+        assert not set(owned) & self.pool.free_pages
+        assert len(owned) == self.tree.cached_pages
+        assert self.pool.num_free + self.tree.cached_pages == CAPACITY
+        expected_locked = sum(len(n.pages) for n in self.tree._nodes() if n.lock_ref > 0)
+        assert self.tree.locked_pages == expected_locked
+        for n in self.tree._nodes():
+            assert len(n.key) == len(n.pages) * PS and n.key
+            assert all(n.lock_ref >= c.lock_ref for c in n.children.values())
+
+
+RadixMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestRadixMachine = RadixMachine.TestCase
+
+
+def test_split_keeps_pages_and_lru_evicts_oldest_first():
+    pool = FakePool(20)
+    tree = RadixTree(pool, 2)
+    a = pool.alloc(3)
+    tree.insert([1, 1, 2, 2, 3, 3], a)
+    b = pool.alloc(3)
+    got, _ = tree.insert([1, 1, 2, 2, 4, 4], b)
+    assert got[:2] == a[:2] and got[2] == b[2]
+    pool.free(b[:2])
+    assert tree.match_len([1, 1, 2, 2, 9]) == 4 and tree.num_nodes == 3
+    tree.match([1, 1, 2, 2, 4, 4])  # touch the second branch: the first is now least recent
+    assert tree.evict(1) == 1
+    assert tree.match_len([1, 1, 2, 2, 3, 3]) == 4 and tree.match_len([1, 1, 2, 2, 4, 4]) == 6
+    # a partial last page is never cached or matched
+    assert tree.match_len([1, 1, 2]) == 2
+
+
+def test_random_workload_never_loses_pages():
+    rng = random.Random(0)
+    pool = FakePool(64)
+    tree = RadixTree(pool, 4)
+    for _ in range(3000):
+        toks = [rng.randrange(3) for _ in range(rng.randrange(0, 40))]
+        pages, node = tree.match(toks)
+        tree.lock(node)
+        full = len(toks) // 4
+        need = full - len(pages)
+        if need > pool.num_free:
+            tree.evict(need - pool.num_free)
+        if need <= pool.num_free:
+            mine = pages + pool.alloc(need)
+            got, new = tree.insert(toks[: full * 4], mine)
+            pool.free([p for p, t in zip(mine, got) if p != t])
+            tree.lock(new)
+            tree.unlock(new)
+        tree.unlock(node)
+        assert pool.num_free + tree.cached_pages == 64 and tree.locked_pages == 0
