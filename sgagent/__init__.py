@@ -1,6 +1,22 @@
 """sgagent: LLM agent programs as ordinary async Python, on an embedded engine with prefix reuse."""
 
+from . import errors
 from .engine import Engine, EngineConfig, GenerateResult, SamplingParams, Usage
-from .errors import *  # noqa: F401,F403
+from .primitives import (
+    Message,
+    Program,
+    ProgramState,
+    assistant,
+    default_engine,
+    gather,
+    join,
+    program,
+    run_batch,
+    set_default_engine,
+    system,
+    user,
+)
 
-__all__ = ["Engine", "EngineConfig", "GenerateResult", "SamplingParams", "Usage"]
+__all__ = ["Engine", "EngineConfig", "GenerateResult", "Message", "Program", "ProgramState", "SamplingParams",
+           "Usage", "assistant", "default_engine", "errors", "gather", "join", "program", "run_batch",
+           "set_default_engine", "system", "user"]

@@ -51,6 +51,17 @@ def hf_logprobs(model, prompt: list[int], continuation: list[int]) -> list[float
     return [float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(continuation)]
 
 
+async def settle(e: sgagent.Engine, timeout: float = 30.0) -> None:
+    """Wait until cancelled work has drained (a step in flight finishes first), then check for leaks."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (e.scheduler.running or e.scheduler.waiting or e._in_flight) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert_quiescent(e)
+
+
 def assert_quiescent(e: sgagent.Engine) -> None:
     """No request alive, no lock held, every page free or owned by the radix tree."""
     s = e.stats()

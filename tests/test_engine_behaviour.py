@@ -17,7 +17,7 @@ from sgagent.errors import (
     PromptTooLongError,
     UnsupportedArchitectureError,
 )
-from conftest import assert_quiescent
+from conftest import assert_quiescent, settle
 
 P = "Write a short story about a dragon who learns to bake bread."
 
@@ -120,11 +120,8 @@ async def test_cancellation_frees_pages_at_once(engine):
     with pytest.raises(asyncio.CancelledError):
         await task
     # at once, or right after the step in flight
-    for _ in range(200):
-        if engine.stats()["running"] == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert_quiescent(engine)
+    assert engine._in_flight is not None or engine.stats()["running"] == 0
+    await settle(engine)
 
     async def consume_some():
         n = 0
@@ -133,8 +130,7 @@ async def test_cancellation_frees_pages_at_once(engine):
             if n == 3:
                 break
     await consume_some()
-    await asyncio.sleep(0.5)
-    assert_quiescent(engine)
+    await settle(engine)
 
 
 async def test_timeouts_and_errors_leave_nothing_behind(engine):
@@ -150,8 +146,7 @@ async def test_timeouts_and_errors_leave_nothing_behind(engine):
             r = await engine.generate(P + str(i), max_tokens=8, temperature=0.7, seed=i)
             assert len(r.token_ids) > 0
     await asyncio.gather(*(one(i) for i in range(18)))
-    await asyncio.sleep(0.3)
-    assert_quiescent(engine)
+    await settle(engine)
 
 
 async def test_event_loop_stays_responsive(engine):

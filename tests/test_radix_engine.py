@@ -6,7 +6,7 @@ import random
 import pytest
 
 import sgagent
-from conftest import assert_quiescent
+from conftest import assert_quiescent, settle
 
 FEW_SHOT = "".join(f"Q: What is {i} plus {i + 1}?\nA: {2 * i + 1}\n\n" for i in range(12))
 
@@ -117,7 +117,7 @@ async def test_thousands_of_random_requests_leave_no_leak(tiny_models):
 
     try:
         await asyncio.gather(*(one(i) for i in range(2000)))
-        await asyncio.sleep(0.2)
+        await settle(e)
         assert counts["cancelled"] > 50 and counts["error"] > 50 and counts["ok"] > 1000, counts
         assert_quiescent(e)
         assert e.stats()["evicted_pages"] > 0  # the pool was small enough to cycle the cache

@@ -1,0 +1,181 @@
+"""ProgramState: the prompt a program builds, the variables it generates, and the primitives on it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..errors import SgagentError
+from ..log import get_logger
+from .chat import ChatRenderer
+from .roles import Message
+
+SELECT_METHODS = ("normalized", "total")
+
+
+class ProgramState:
+    def __init__(self, engine, program_id: str, path: tuple[int, ...] = (), parent: "ProgramState | None" = None):
+        self.engine = engine
+        self.program_id = program_id
+        self.path = path
+        self._parent = parent
+        self._chat = ChatRenderer(engine)
+        self._text = ""
+        self._history: list[dict] = []  # completed chat messages
+        self._block: list | None = None  # [role, content] of an open role block
+        self._vars: dict[str, Any] = {}
+        self.info: dict[str, dict] = {}  # per variable: usage, finish reason, select scores...
+        self.return_value: Any = None
+        self._base_vars: dict[str, Any] = {}
+        self.log = get_logger("sgagent.program", program_id=program_id, branch=self.branch_name)
+
+    @property
+    def branch_name(self) -> str:
+        return "/".join(map(str, self.path)) or "root"
+
+    # -- building the prompt -------------------------------------------------------------------
+    def __iadd__(self, item) -> "ProgramState":
+        if isinstance(item, Message):
+            if self._block is not None:
+                raise SgagentError(f"cannot add a {item.role} message inside an open {self._block[0]} block")
+            self._append_message(item.as_dict())
+        elif isinstance(item, str):
+            self._append_text(item)
+        else:
+            raise TypeError(f"can add str or a role message to a program state, not {type(item).__name__}")
+        return self
+
+    def _append_message(self, msg: dict) -> None:
+        self._text += self._chat.message(self._history, msg)
+        self._history.append(msg)
+
+    def _append_text(self, text: str) -> None:
+        if self._block is not None:
+            self._block[1] += text
+        else:
+            self._text += text
+
+    def system(self):
+        return self._role_block("system")
+
+    def user(self):
+        return self._role_block("user")
+
+    def assistant(self):
+        return self._role_block("assistant")
+
+    @contextlib.asynccontextmanager
+    async def _role_block(self, role: str):
+        if self._block is not None:
+            raise SgagentError(f"role blocks do not nest (a {self._block[0]} block is open)")
+        self._block = [role, ""]
+        try:
+            yield self
+        finally:
+            _, content = self._block
+            self._block = None
+        self._append_message({"role": role, "content": content})
+
+    def text(self) -> str:
+        """The prompt so far, as the model sees it."""
+        if self._block is None:
+            return self._text
+        role, content = self._block
+        return self._text + self._chat.role_prefix(self._history, role) + content
+
+    def messages(self) -> list[dict]:
+        out = [dict(m) for m in self._history]
+        if self._block is not None:
+            out.append({"role": self._block[0], "content": self._block[1]})
+        return out
+
+    def token_ids(self) -> list[int]:
+        # a chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS)
+        return self.engine.tokenizer.encode(self.text(), add_special_tokens=not self._history)
+
+    def __getitem__(self, name: str):
+        return self._vars[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._vars
+
+    def get(self, name: str, default=None):
+        return self._vars.get(name, default)
+
+    def variables(self) -> dict[str, Any]:
+        return dict(self._vars)
+
+    def _set(self, name: str | None, value, info: dict) -> None:
+        if name is not None:
+            self._vars[name] = value
+            self.info[name] = info
+
+    # -- primitives ----------------------------------------------------------------------------
+    async def gen(self, name: str | None = None, *, max_tokens: int = 128, stop=None, temperature: float = 1.0,
+                  top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
+                  regex: str | None = None, json_schema=None, choices: list[str] | None = None, **extra):
+        """Generate at the end of the prompt; the text is appended and stored under `name`."""
+        prompt = self.token_ids()
+        r = await self.engine.generate(
+            prompt, max_tokens=max_tokens, stop=stop or [], temperature=temperature, top_p=top_p, top_k=top_k,
+            min_p=min_p, seed=seed, regex=regex, json_schema=json_schema, choices=choices, **extra)
+        self._append_text(r.text)
+        value = r.parsed if json_schema is not None else r.text
+        self._set(name, value, {"request_id": r.request_id, "usage": r.usage, "finish_reason": r.finish_reason})
+        self.log.info("gen", var=name, request_id=r.request_id, prompt_tokens=r.usage.prompt_tokens,
+                      cached_tokens=r.usage.cached_tokens, completion_tokens=r.usage.completion_tokens)
+        return value
+
+    async def stream_gen(self, name: str | None = None, **sampling) -> AsyncIterator[str]:
+        """Like gen, yielding text as it is decoded; the state has the whole text once the loop ends."""
+        prompt = self.token_ids()
+        pieces = []
+        async for piece in self.engine.stream(prompt, **sampling):
+            pieces.append(piece)
+            yield piece
+        text = "".join(pieces)
+        self._append_text(text)
+        self._set(name, text, {"streamed": True})
+
+    async def select(self, name: str | None = None, choices: list[str] = (), method: str = "normalized") -> str:
+        """Pick the choice the model finds most likely after the prompt; all scored in one batch.
+
+        method "normalized": mean log-probability per token (the default); "total": summed log-probability.
+        """
+        choices = list(choices)
+        if not choices:
+            raise ValueError("select needs at least one choice")
+        if method not in SELECT_METHODS:
+            raise ValueError(f"method must be one of {SELECT_METHODS}")
+        token_lps = await self.engine.score(self.token_ids(), choices)
+        totals = [sum(lp) for lp in token_lps]
+        scores = totals if method == "total" else [t / len(lp) for t, lp in zip(totals, token_lps)]
+        best = max(range(len(choices)), key=lambda i: (scores[i], -i))
+        self._append_text(choices[best])
+        self._set(name, choices[best], {"scores": dict(zip(choices, scores)), "method": method,
+                                        "token_logprobs": token_lps})
+        self.log.info("select", var=name, choice=choices[best], score=round(scores[best], 4))
+        return choices[best]
+
+    def fork(self, n: int) -> list["ProgramState"]:
+        """n states that share everything so far; run them with sgagent.join or sgagent.gather."""
+        if self._block is not None:
+            raise SgagentError("fork outside role blocks")
+        out = []
+        for i in range(n):
+            b = ProgramState(self.engine, self.program_id, self.path + (i,), parent=self)
+            b._text, b._history, b._vars = self._text, list(self._history), dict(self._vars)
+            b._base_vars = dict(self._vars)
+            out.append(b)
+        return out
+
+    def _join_back(self, branches: list["ProgramState"]) -> None:
+        names = []
+        for b in branches:
+            for k, v in b._vars.items():
+                if k not in names and (k not in b._base_vars or b._base_vars[k] is not v):
+                    names.append(k)
+        for k in names:
+            self._vars[k] = [b._vars.get(k) for b in branches]
+
