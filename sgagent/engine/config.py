@@ -21,4 +21,5 @@ class EngineConfig:
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
     jump_forward: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU)
+    constraint_compile_timeout: float = 60.0  # seconds before a compile fails with ConstraintError
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default

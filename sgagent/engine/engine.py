@@ -18,6 +18,7 @@ import torch
 
 from ..errors import (
     EngineClosedError,
+    IncompleteGenerationError,
     InvalidPromptError,
     PromptTooLongError,
     RequestAbortedError,
@@ -155,6 +156,8 @@ class Engine:
         if params.seed is not None:
             req.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
         req.constraint = constraint
+        if constraint is not None and self.config.jump_forward:
+            req.tokens.extend(constraint.start(room=params.max_tokens))
         req.handle = _Handle(self.tokenizer, params.stop, stream)
         return req
 
@@ -298,11 +301,13 @@ class Engine:
         if token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
             return self._finish(req, "stop", strip_last=True)
         if req.constraint is not None:
-            forced = req.constraint.advance(token)
+            room = min(p.max_tokens - len(req.output_ids), self.max_context - len(req.tokens) - 1)
+            tail = req.constraint.advance(token, self.config.jump_forward, max(room, 0))
+            if len(tail) > 1 or tail[0] != token:
+                req.tokens[-1:] = tail
+                self.counters["jump_forward_tokens"] += len(tail) - 1
             if req.constraint.is_done():
                 return self._finish(req, "stop")
-            if forced and self.config.jump_forward:
-                self._jump_forward(req, forced)
         h = req.handle
         if h.out.update(req.output_ids):
             return self._finish(req, "stop")
@@ -312,12 +317,6 @@ class Engine:
             piece = h.out.delta(final=False)
             if piece:
                 h.queue.put_nowait(piece)
-
-    def _jump_forward(self, req: Req, forced: list[int]) -> None:
-        room = min(req.params.max_tokens - len(req.output_ids), self.max_context - len(req.tokens) - 1)
-        forced = forced[: max(room, 0)]
-        req.tokens.extend(forced)
-        self.counters["jump_forward_tokens"] += len(forced)
 
     def _finish(self, req: Req, reason: str, strip_last: bool = False) -> None:
         if req.finished:
@@ -330,8 +329,11 @@ class Engine:
         h.out.update(out_ids[:-1] if strip_last else out_ids)
         parsed = None
         if req.constraint is not None:
+            if not req.constraint.is_complete():
+                return self._resolve(req, error=IncompleteGenerationError(
+                    f"{req.id} stopped ({reason}) before its constraint was complete", text=h.out.text))
             try:
-                parsed = req.constraint.finish(h.out.text, complete=reason == "stop")
+                parsed = req.constraint.finish(h.out.text)
             except Exception as e:
                 return self._resolve(req, error=e)
         result = GenerateResult(

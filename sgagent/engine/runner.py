@@ -8,6 +8,7 @@ import torch
 
 from .attention import make_backend
 from .config import EngineConfig
+from .constrained.fsm import apply_masks
 from .kv_pool import KVPool
 from .model.llama import CausalLM
 from .model.source import ModelSource
@@ -61,9 +62,7 @@ class ModelRunner:
             masked = raw
             if any(r.constraint is not None for r in sampling):
                 masked = raw.clone()
-                for i, r in enumerate(sampling):
-                    if r.constraint is not None:
-                        r.constraint.mask_logits(masked[i])
+                apply_masks(masked, [r.constraint for r in sampling])
             tok = sample(masked, [r.params for r in sampling], [r.generator for r in sampling])
             tokens = tok.tolist()
             if any(r.params.logprobs for r in sampling):

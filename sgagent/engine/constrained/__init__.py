@@ -1,0 +1,4 @@
+from .compiler import ConstraintCompiler, SchemaViolationError
+from .fsm import ConstraintState, apply_masks
+
+__all__ = ["ConstraintCompiler", "ConstraintState", "SchemaViolationError", "apply_masks"]
