@@ -104,6 +104,8 @@ class Engine:
     async def aclose(self) -> None:
         """Stop the engine: pending requests fail with EngineClosedError, the loop task ends."""
         self._closed = True
+        if self._constraints is not None:
+            self._constraints.close()
         for req in list(self.scheduler.waiting) + list(self.scheduler.running):
             self._fail(req, EngineClosedError("the engine was closed"))
         if self._wake is not None:

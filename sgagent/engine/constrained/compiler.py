@@ -20,6 +20,11 @@ from outlines_core.json_schema import build_regex_from_schema
 from ...errors import ConstraintError, InvalidRegexError, UnsupportedSchemaError
 from .fsm import CompiledConstraint, ConstraintState
 from .vocab import TokenVocab
+from .worker import CompileWorker
+
+# regexes up to this size compile in well under a second (measured over ../shared's schemas): a thread is
+# cheaper than the worker process's start; larger ones go to the killable worker
+SMALL_REGEX = 4000
 
 # compact JSON: no free whitespace, so keys and punctuation are forced (jump-forward) and the model cannot ramble in blanks
 WHITESPACE = ""
@@ -63,9 +68,14 @@ class ConstraintCompiler:
         self.config = config
         self._cache: OrderedDict[tuple, CompiledConstraint] = OrderedDict()
         self._pending: dict[tuple, asyncio.Future] = {}
+        self._worker: CompileWorker | None = None
         self.compiles = 0
         self.compile_seconds = 0.0
         self.hits = 0
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.kill()
 
     def stats(self) -> dict:
         return {"constraint_compiles": self.compiles, "constraint_compile_seconds": round(self.compile_seconds, 4),
@@ -138,12 +148,19 @@ class ConstraintCompiler:
 
     async def _compile(self, kind: str, regex: str) -> Index:
         t0 = time.perf_counter()
+        limit = self.config.constraint_compile_timeout
         try:
-            with anyio.fail_after(self.config.constraint_compile_timeout):
-                index = await anyio.to_thread.run_sync(Index, regex, self.vocab.outlines, abandon_on_cancel=True)
+            if len(regex) <= SMALL_REGEX:
+                with anyio.fail_after(limit):
+                    index = await anyio.to_thread.run_sync(Index, regex, self.vocab.outlines, abandon_on_cancel=True)
+            else:
+                if self._worker is None:
+                    self._worker = CompileWorker(self.vocab.outlines)
+                index = await self._worker.compile(regex, limit)
         except TimeoutError as e:
-            raise ConstraintError(f"compiling the {kind} constraint took over "
-                                  f"{self.config.constraint_compile_timeout} s; simplify it") from e
+            raise UnsupportedSchemaError(f"compiling the {kind} constraint took over {limit} s; simplify it") from e
+        except MemoryError as e:
+            raise UnsupportedSchemaError(f"the {kind} constraint is too large to compile ({e})") from e
         except ValueError as e:
             if kind == "regex":
                 try:

@@ -1,0 +1,49 @@
+"""Shared bits of the benchmarks: timing medians, ratio lines for people and JSON lines for machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
+    return f"{platform.machine()} {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+async def timed(fn, runs: int) -> tuple[float, object]:
+    """Median wall time of `runs` awaits of fn(), and the last result."""
+    times, out = [], None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = await fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def report(bench: str, **fields) -> None:
+    """One human line and one JSON line (prefixed BENCH_JSON) per measurement."""
+    human = "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+    print(f"[{bench}] {human}", flush=True)
+    print("BENCH_JSON " + json.dumps({"bench": bench, **fields}), flush=True)
+    out = os.environ.get("SGAGENT_BENCH_OUT")
+    if out:
+        with Path(out).open("a") as f:
+            f.write(json.dumps({"bench": bench, **fields}) + "\n")
+
+
+def llama_cpp():
+    """llama-cpp-python's Llama class when the bench extra is installed, else None."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    return Llama

@@ -1,0 +1,96 @@
+"""Issue 2: batched throughput vs transformers generate, and single-stream decode vs llama.cpp.
+
+python -m bench.engine_throughput [--runs 3] [--requests 64] [--new 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import torch
+
+import sgagent
+
+from .common import llama_cpp, machine, report, timed
+
+TOPICS = ["rivers", "volcanoes", "bees", "glaciers", "comets", "forests", "deserts", "coral reefs"]
+
+
+def prompts(engine, n: int, target: int = 128) -> list[list[int]]:
+    out = []
+    for i in range(n):
+        text = f"Essay {i} about {TOPICS[i % len(TOPICS)]}. " + " ".join(
+            f"Fact {j}: {TOPICS[(i + j) % len(TOPICS)]} matter to {TOPICS[(i * j + 1) % len(TOPICS)]}." for j in range(40))
+        out.append(engine.tokenize(text)[:target])
+    return out
+
+
+def hf_batched(model, pad_id: int, ps: list[list[int]], new: int) -> float:
+    width = max(map(len, ps))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in ps])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=pad_id)
+    dt = time.perf_counter() - t0
+    assert out.shape[1] == width + new
+    return dt
+
+
+async def main(runs: int, n: int, new: int) -> None:
+    print(f"# engine throughput on {machine()}")
+    engine = sgagent.Engine(radix_cache=False)  # distinct prompts: measure the engine, not the cache
+    ps = prompts(engine, n)
+
+    async def ours():
+        rs = await asyncio.gather(*(engine.generate(p, max_tokens=new, temperature=0, ignore_eos=True) for p in ps))
+        assert all(len(r.token_ids) == new for r in rs)
+        return rs
+
+    await engine.generate(ps[0], max_tokens=2)  # warm-up
+    t_ours, _ = await timed(ours, runs)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(engine._src.path.parent), gguf_file=engine._src.path.name,
+                                              dtype=torch.float32).eval()
+    t_hf = sorted(hf_batched(hf, engine.tokenizer.pad_token_id or 0, ps, new) for _ in range(max(1, runs - 1)))
+    t_hf = t_hf[len(t_hf) // 2]
+    toks = n * new
+    report("batched_vs_transformers", requests=n, prompt_tokens=len(ps[0]), new_tokens=new,
+           sgagent_tok_s=toks / t_ours, transformers_tok_s=toks / t_hf, ratio=t_hf / t_ours, runs=runs)
+
+    single = engine.tokenize("Once upon a time, in a quiet village by the sea,")
+
+    async def one():
+        return await engine.generate(single, max_tokens=128, temperature=0, ignore_eos=True)
+
+    t_one, _ = await timed(one, runs)
+    fields = dict(sgagent_tok_s=128 / t_one)
+    Llama = llama_cpp()
+    if Llama is not None:
+        llm = Llama(model_path=str(engine._src.path), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+        times = []
+        for _ in range(runs):
+            llm.reset()
+            t0 = time.perf_counter()
+            out = llm.create_completion(engine.tokenizer.decode(single), max_tokens=128, temperature=0.0)
+            times.append(time.perf_counter() - t0)
+            ntok = out["usage"]["completion_tokens"]
+        t_llama = sorted(times)[len(times) // 2]
+        fields.update(llama_cpp_tok_s=ntok / t_llama, ratio=(128 / t_one) / (ntok / t_llama))
+    else:
+        fields.update(llama_cpp="not installed (pip install '.[bench]')")
+    report("single_stream_vs_llama_cpp", **fields, runs=runs)
+    await engine.aclose()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--new", type=int, default=64)
+    a = ap.parse_args()
+    asyncio.run(main(a.runs, a.requests, a.new))

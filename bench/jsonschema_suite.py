@@ -1,0 +1,117 @@
+"""The shared JSON-schema collection (../shared/data/jsonschema) run through our constraint compiler.
+
+For each schema: does it compile (and how fast), is every valid instance accepted token by token when
+serialized as the engine emits it (compact, keys in schema order), and is every invalid instance refused.
+Used by tests (thresholds) and by bench (the coverage table).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sgagent.engine.constrained.compiler import ConstraintCompiler
+from sgagent.engine.constrained.fsm import CompiledConstraint
+from sgagent.errors import ConstraintError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsonschema"
+
+
+def schema_dir() -> Path:
+    if not SHARED.is_dir():
+        raise FileNotFoundError(f"the shared schema collection is missing: {SHARED} (see ../shared/README.md)")
+    return SHARED
+
+
+def category(path: Path) -> str:
+    name = path.stem.split("---")[0]
+    return re.sub(r"_(easy|medium|hard|ultra|simple|multiple|parallel|parallel_multiple|\d+)$", "", name)
+
+
+@dataclass
+class SchemaResult:
+    name: str
+    category: str
+    compiled: bool = False
+    error: str = ""
+    seconds: float = 0.0
+    valid: int = 0
+    valid_accepted: int = 0
+    invalid: int = 0
+    invalid_rejected: int = 0
+    unsound: list = field(default_factory=list)
+
+
+def _order_like_schema(data, schema, defs):
+    """Serialize like the FSM emits: object keys in the order the schema lists its properties."""
+    if isinstance(schema, dict) and "$ref" in schema:
+        ref = schema["$ref"].split("/")[-1]
+        schema = defs.get(ref, schema)
+    if isinstance(data, dict) and isinstance(schema, dict):
+        props = schema.get("properties", {})
+        keys = [k for k in props if k in data] + [k for k in data if k not in props]
+        return {k: _order_like_schema(data[k], props.get(k, {}), defs) for k in keys}
+    if isinstance(data, list) and isinstance(schema, dict) and isinstance(schema.get("items"), dict):
+        return [_order_like_schema(x, schema["items"], defs) for x in data]
+    return data
+
+
+def accepts(c: CompiledConstraint, text: str) -> bool:
+    state = c.walk(c.index.get_initial_state(), c.vocab.encode(text))
+    return state is not None and c.index.is_final_state(state)
+
+
+async def run_one(compiler: ConstraintCompiler, path: Path) -> SchemaResult:
+    doc = json.loads(path.read_text())
+    res = SchemaResult(path.stem, category(path))
+    schema = doc["schema"]
+    t0 = time.perf_counter()
+    try:
+        kind, regex, _ = compiler.spec_to_regex({"json_schema": schema})
+        c = await compiler.compiled(kind, regex)
+        res.compiled = True
+    except (ConstraintError, ValueError, RecursionError) as e:
+        res.error = type(e).__name__ + ": " + str(e).split("\n")[0][:120]
+    res.seconds = time.perf_counter() - t0
+    if not res.compiled:
+        return res
+    defs = {**schema.get("$defs", {}), **schema.get("definitions", {})} if isinstance(schema, dict) else {}
+    for case in doc.get("tests", []):
+        data = case["data"]
+        text = json.dumps(_order_like_schema(data, schema, defs), separators=(",", ":"), ensure_ascii=False)
+        ok = accepts(c, text)
+        if case["valid"]:
+            res.valid += 1
+            res.valid_accepted += ok
+            if not ok:
+                res.unsound.append(text[:200])
+        else:
+            res.invalid += 1
+            res.invalid_rejected += not ok
+    return res
+
+
+async def run_suite(compiler: ConstraintCompiler, limit: int | None = None) -> list[SchemaResult]:
+    """Every schema in turn (the compiler's own time limit applies; its cache is bypassed by distinct keys)."""
+    return [await run_one(compiler, p) for p in sorted(schema_dir().glob("*.json"))[:limit]]
+
+
+def table(results: list[SchemaResult]) -> str:
+    cats: dict[str, list[SchemaResult]] = {}
+    for r in results:
+        cats.setdefault(r.category, []).append(r)
+    lines = ["| category | schemas | compiled | coverage | valid accepted | invalid rejected | compile p50 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for name in sorted(cats) + ["all"]:
+        rs = results if name == "all" else cats[name]
+        comp = [r for r in rs if r.compiled]
+        va, vn = sum(r.valid_accepted for r in comp), sum(r.valid for r in comp)
+        ir, inn = sum(r.invalid_rejected for r in comp), sum(r.invalid for r in comp)
+        secs = sorted(r.seconds for r in comp)
+        p50 = secs[len(secs) // 2] * 1000 if secs else 0
+        lines.append(f"| {name} | {len(rs)} | {len(comp)} | {len(comp) / len(rs):.0%} | "
+                     f"{va}/{vn} ({va / max(vn, 1):.0%}) | {ir}/{inn} ({ir / max(inn, 1):.0%}) | {p50:.0f} |")
+    return "\n".join(lines)

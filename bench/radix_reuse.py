@@ -1,0 +1,73 @@
+"""Issue 3: prefix reuse on vs off on few-shot, multi-turn and tree-of-thought; few-shot vs llama.cpp.
+
+python -m bench.radix_reuse [--runs 1] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import sgagent
+
+from . import workloads as w
+from .common import llama_cpp, machine, report, timed
+
+
+async def compare(base, name: str, fn, runs: int) -> float:
+    times = {}
+    hit = 0.0
+    for radix in (True, False):
+        async def once():
+            e = base.with_config(radix_cache=radix)  # a cold cache each run
+            try:
+                await fn(e)
+                return e.stats()
+            finally:
+                await e.aclose()
+
+        times[radix], stats = await timed(once, runs)
+        if radix:
+            hit = stats["cache_hit_rate"]
+    report(f"radix_{name}", on_s=times[True], off_s=times[False], ratio=times[False] / times[True],
+           hit_rate=hit, runs=runs)
+    return times[True]
+
+
+def llama_few_shot(path: str, n: int, new: int, n_examples: int) -> float | None:
+    Llama = llama_cpp()
+    if Llama is None:
+        return None
+    import torch
+
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+    prefix = w.few_shot_prefix(n_examples)
+    t0 = time.perf_counter()
+    for q in w.few_shot_questions(n):  # llama-cpp-python keeps the previous prompt's KV: the prefix is reused
+        llm.create_completion(prefix + q, max_tokens=new, temperature=0.0)
+    return time.perf_counter() - t0
+
+
+async def main(runs: int, small: bool) -> None:
+    print(f"# radix reuse on {machine()}")
+    base = sgagent.Engine(kv_cache_bytes=1 << 30)
+    n, convs, qs = (8, 4, 2) if small else (64, 16, 8)
+    few = lambda e: w.few_shot_raw(e, n=n)
+    t_on = await compare(base, "few_shot", few, runs)
+    await compare(base, "multi_turn", lambda e: w.multi_turn_raw(e, convs=convs), runs)
+    await compare(base, "tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs), runs)
+    t_llama = llama_few_shot(base.model_path, n, 16, 40)
+    if t_llama is not None:
+        report("few_shot_vs_llama_cpp", sgagent_s=t_on, llama_cpp_s=t_llama, ratio=t_llama / t_on)
+    else:
+        report("few_shot_vs_llama_cpp", llama_cpp="not installed (pip install '.[bench]')")
+    await base.aclose()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--small", action="store_true", help="CI smoke size")
+    a = ap.parse_args()
+    asyncio.run(main(a.runs, a.small))

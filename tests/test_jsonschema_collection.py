@@ -1,0 +1,89 @@
+"""The shared JSON-schema collection: coverage, soundness and strictness of our FSMs, and end to end.
+
+Reads ../shared/data/jsonschema and fails loudly when it is missing.
+"""
+
+import asyncio
+import json
+
+import jsonschema
+import pytest
+
+from bench.jsonschema_suite import accepts, run_suite, schema_dir
+from sgagent.errors import IncompleteGenerationError
+
+
+@pytest.fixture(scope="module")
+async def suite(engine):
+    e = engine.with_config(kv_cache_bytes=16 << 20, constraint_compile_timeout=10.0)
+    await e.generate("x", choices=["a"])  # builds the compiler
+    results = await run_suite(e._constraints)
+    yield e, results
+    await e.aclose()
+
+
+def test_collection_is_present():
+    assert len(list(schema_dir().glob("*.json"))) >= 400
+
+
+async def test_coverage(suite):
+    _, rs = suite
+    compiled = [r for r in rs if r.compiled]
+    assert len(compiled) / len(rs) >= 0.75, len(compiled)
+    # what does not compile fails with a typed error naming why, never a hang
+    assert all(r.error and r.seconds < 30 for r in rs if not r.compiled)
+
+
+async def test_soundness_valid_instances_are_accepted(suite):
+    _, rs = suite
+    compiled = [r for r in rs if r.compiled and r.valid]
+    accepted = sum(r.valid_accepted for r in compiled)
+    total = sum(r.valid for r in compiled)
+    assert accepted / total >= 0.9, (accepted, total)
+
+
+async def test_strictness_invalid_instances_are_rejected(suite):
+    _, rs = suite
+    compiled = [r for r in rs if r.compiled and r.invalid]
+    rejected = sum(r.invalid_rejected for r in compiled)
+    total = sum(r.invalid for r in compiled)
+    assert rejected / total >= 0.8, (rejected, total)
+
+
+async def test_accepts_is_exact_on_a_known_schema(suite):
+    e, _ = suite
+    c = await e._constraints.compiled(*e._constraints.spec_to_regex(
+        {"json_schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}})[:2])
+    assert accepts(c, '{"n":12}') and not accepts(c, '{"n":"12"}') and not accepts(c, '{"n":12')
+
+
+async def test_end_to_end_generated_json_validates(suite):
+    e, rs = suite
+    chosen = []
+    for r in rs:
+        if not r.compiled or r.seconds > 2:
+            continue
+        doc = json.loads((schema_dir() / f"{r.name}.json").read_text())
+        chosen.append((r.name, doc["schema"]))
+    chosen = chosen[:110]
+    assert len(chosen) >= 100
+    big = e.with_config(kv_cache_bytes=512 << 20)
+
+    async def one(name, schema):
+        msgs = [{"role": "user", "content": "Fill in a realistic example as JSON."}]
+        try:
+            r = await big.generate(messages=msgs, json_schema=schema, max_tokens=160, temperature=0.7, seed=1)
+        except IncompleteGenerationError:
+            return name, None
+        data = json.loads(r.text)
+        jsonschema.validate(data, schema)
+        assert data == r.parsed
+        return name, True
+
+    try:
+        results = await asyncio.gather(*(one(n, s) for n, s in chosen))
+    finally:
+        await big.aclose()
+    completed = [n for n, ok in results if ok]
+    # every completed generation validated above; most must complete within the budget
+    assert len(completed) >= 0.6 * len(chosen), len(completed)
