@@ -94,9 +94,15 @@ async def run_one(compiler: ConstraintCompiler, path: Path) -> SchemaResult:
     return res
 
 
-async def run_suite(compiler: ConstraintCompiler, limit: int | None = None) -> list[SchemaResult]:
-    """Every schema in turn (the compiler's own time limit applies; its cache is bypassed by distinct keys)."""
-    return [await run_one(compiler, p) for p in sorted(schema_dir().glob("*.json"))[:limit]]
+async def run_suite(compiler: ConstraintCompiler, limit: int | None = None, log=None) -> list[SchemaResult]:
+    """Every schema in turn, under the compiler's own time limit."""
+    out = []
+    for p in sorted(schema_dir().glob("*.json"))[:limit]:
+        out.append(await run_one(compiler, p))
+        if log:
+            r = out[-1]
+            log(f"{r.name} compiled={r.compiled} {r.seconds:.2f}s {r.error[:60]}")
+    return out
 
 
 def table(results: list[SchemaResult]) -> str:

@@ -47,7 +47,7 @@ async def test_vocabulary_maps_tokens_to_their_bytes(e):
 
 
 @pytest.mark.parametrize("regex", [r"\(\d{3}\) \d{3}-\d{4}", r"(19|20)\d\d-(0[1-9]|1[0-2])-[0-2]\d",
-                                   r"[a-z]{3,8}@[a-z]{3,6}\.(com|org)", r"\[(\d+, ){2}\d+\]", r"(yes|no|maybe)"])
+                                   r"[a-z]{3,8}@[a-z]{3,6}\.(com|org)", r"\[(\d{1,3}, ){2}\d{1,3}\]", r"(yes|no|maybe)"])
 async def test_regex_outputs_fully_match(e, regex):
     rs = await asyncio.gather(*(e.generate("Write it: ", regex=regex, max_tokens=40, temperature=0.9, seed=s)
                                 for s in range(4)))
@@ -60,7 +60,7 @@ async def test_choices(e):
     for text in ["I love this phone!", "This is the worst day."]:
         r = await e.generate(messages=[{"role": "user", "content": f"Sentiment of: {text}"}], choices=choices,
                              temperature=0)
-        assert r.text in choices and r.parsed is None
+        assert r.text in choices and r.parsed == r.text
 
 
 async def test_json_schema_as_pydantic_dict_and_string(e):
@@ -110,7 +110,7 @@ async def test_typed_errors_at_the_call(e):
 
 
 async def test_compiled_indexes_are_cached_and_shared(e):
-    schema = {"type": "object", "properties": {"k": {"type": "integer"}}, "required": ["k"]}
+    schema = {"type": "object", "properties": {"k": {"enum": ["low", "high"]}}, "required": ["k"]}
     await asyncio.gather(*(e.generate(f"Value {i}: ", json_schema=schema, max_tokens=12, temperature=0)
                            for i in range(6)))
     s = e.stats()

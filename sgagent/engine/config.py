@@ -20,6 +20,7 @@ class EngineConfig:
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
     jump_forward: bool = True
-    constraint_cache_size: int = 256  # compiled indexes kept (LRU)
+    constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...
+    constraint_cache_bytes: int = 256 << 20  # ...this many bytes of them (serialized size)
     constraint_compile_timeout: float = 60.0  # seconds before a compile fails with ConstraintError
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default

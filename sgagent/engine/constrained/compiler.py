@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import re
 import time
 from collections import OrderedDict
@@ -69,6 +70,7 @@ class ConstraintCompiler:
         self._cache: OrderedDict[tuple, CompiledConstraint] = OrderedDict()
         self._pending: dict[tuple, asyncio.Future] = {}
         self._worker: CompileWorker | None = None
+        self._cache_bytes = 0
         self.compiles = 0
         self.compile_seconds = 0.0
         self.hits = 0
@@ -79,7 +81,8 @@ class ConstraintCompiler:
 
     def stats(self) -> dict:
         return {"constraint_compiles": self.compiles, "constraint_compile_seconds": round(self.compile_seconds, 4),
-                "constraint_cache_hits": self.hits, "constraint_cache_size": len(self._cache)}
+                "constraint_cache_hits": self.hits, "constraint_cache_size": len(self._cache),
+                "constraint_cache_bytes": self._cache_bytes}
 
     def spec_to_regex(self, spec: dict):
         """(kind, regex, finish) for one of regex= / json_schema= / choices=."""
@@ -133,7 +136,9 @@ class ConstraintCompiler:
         fut = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            c = CompiledConstraint(kind, regex, await self._compile(kind, regex), self.vocab)
+            index, size = await self._compile(kind, regex)
+            c = CompiledConstraint(kind, regex, index, self.vocab)
+            c.nbytes = size
             fut.set_result(c)
         except BaseException as e:
             fut.set_exception(e)
@@ -142,8 +147,10 @@ class ConstraintCompiler:
         finally:
             del self._pending[key]
         self._cache[key] = c
-        while len(self._cache) > self.config.constraint_cache_size:
-            self._cache.popitem(last=False)
+        self._cache_bytes += c.nbytes
+        while len(self._cache) > 1 and (len(self._cache) > self.config.constraint_cache_size
+                                        or self._cache_bytes > self.config.constraint_cache_bytes):
+            self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
         return c
 
     async def _compile(self, kind: str, regex: str) -> Index:
@@ -153,10 +160,11 @@ class ConstraintCompiler:
             if len(regex) <= SMALL_REGEX:
                 with anyio.fail_after(limit):
                     index = await anyio.to_thread.run_sync(Index, regex, self.vocab.outlines, abandon_on_cancel=True)
+                size = len(pickle.dumps(index))  # small by construction: cheap
             else:
                 if self._worker is None:
                     self._worker = CompileWorker(self.vocab.outlines)
-                index = await self._worker.compile(regex, limit)
+                index, size = await self._worker.compile(regex, limit)
         except TimeoutError as e:
             raise UnsupportedSchemaError(f"compiling the {kind} constraint took over {limit} s; simplify it") from e
         except MemoryError as e:
@@ -172,7 +180,7 @@ class ConstraintCompiler:
             raise UnsupportedSchemaError(f"the {kind} constraint cannot be compiled: {e}") from e
         self.compiles += 1
         self.compile_seconds += time.perf_counter() - t0
-        return index
+        return index, size
 
     async def state_for(self, spec: dict) -> ConstraintState:
         kind, regex, finish = self.spec_to_regex(spec)

@@ -24,6 +24,7 @@ class CompiledConstraint:
         self.regex = regex
         self.index = index
         self.vocab = vocab
+        self.nbytes = 0  # serialized size of the index: what the compile cache budgets by
         self._forced: dict[int, tuple[bytes, int]] = {}
         self._done: dict[int, bool] = {}
 

@@ -22,7 +22,7 @@ class CompileWorker:
         self._limit = data_limit
 
     async def compile(self, regex: str, timeout: float):
-        """The index; TimeoutError past `timeout`, MemoryError past the cap, ValueError for a bad regex."""
+        """(index, its size in bytes); TimeoutError past `timeout`, MemoryError past the cap, ValueError for a bad regex."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(_CHILD), str(self._limit),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -37,7 +37,7 @@ class CompileWorker:
         ok, value = pickle.loads(out)
         if not ok:
             raise ValueError(value)
-        return value
+        return value, len(out)
 
     def kill(self) -> None:
         """Nothing outlives a call: every child is awaited or killed inside compile()."""
