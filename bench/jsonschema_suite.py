@@ -94,10 +94,11 @@ async def run_one(compiler: ConstraintCompiler, path: Path) -> SchemaResult:
     return res
 
 
-async def run_suite(compiler: ConstraintCompiler, limit: int | None = None, log=None) -> list[SchemaResult]:
-    """Every schema in turn, under the compiler's own time limit."""
+async def run_suite(compiler: ConstraintCompiler, limit: int | None = None, log=None,
+                    every: int = 1) -> list[SchemaResult]:
+    """Every schema (or every `every`-th, by name) in turn, under the compiler's own time limit."""
     out = []
-    for p in sorted(schema_dir().glob("*.json"))[:limit]:
+    for p in sorted(schema_dir().glob("*.json"))[::every][:limit]:
         out.append(await run_one(compiler, p))
         if log:
             r = out[-1]

@@ -207,7 +207,7 @@ async def test_run_batch_orders_results_and_reports_errors(fresh):
 async def test_readme_examples_run(engine, monkeypatch, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert len(blocks) >= 2
+    assert len(blocks) >= 3
     made = []
 
     def make_engine(*a, **kw):

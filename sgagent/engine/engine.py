@@ -350,7 +350,9 @@ class Engine:
             decode_steps=req.decode_steps,
         )
         self.log.debug("request.finished", request_id=req.id, reason=reason, prompt_tokens=len(req.prompt_ids),
-                       cached_tokens=result.usage.cached_tokens, completion_tokens=len(out_ids))
+                       cached_tokens=result.usage.cached_tokens, completion_tokens=len(out_ids),
+                       hit_rate=round(self.scheduler.cached_tokens / max(1, self.scheduler.prompt_tokens), 4),
+                       tree_nodes=self.scheduler.tree.num_nodes if self.scheduler.tree else 0)
         self._resolve(req, result=result)
 
     def _fail(self, req: Req, error: Exception) -> None:

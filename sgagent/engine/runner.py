@@ -27,13 +27,16 @@ class StepOutput:
 
 class ModelRunner:
     def __init__(self, src: ModelSource, cfg: EngineConfig, model: CausalLM | None = None):
-        if cfg.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+        if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(dev)
-        self.dtype = _DTYPES[cfg.dtype]
+        if cfg.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = _DTYPES[cfg.dtype]
         self.config = src.config
         if model is None:
             model = CausalLM(src.config, src.hf_config)
@@ -41,7 +44,7 @@ class ModelRunner:
             model = model.to_device(self.device, self.dtype).eval()
         self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
-        self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads)
+        self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype)
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def make_backend(name: str, pool, device: torch.device, num_heads: int):
+def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32):
     if name == "auto":
-        name = "flashinfer" if device.type == "cuda" and _flashinfer_usable(device) else "torch"
+        # flashinfer's kernels take half-precision inputs only
+        half = dtype in (torch.float16, torch.bfloat16)
+        name = "flashinfer" if device.type == "cuda" and half and _flashinfer_usable(device) else "torch"
     if name == "torch":
         from .torch_backend import TorchAttention
 

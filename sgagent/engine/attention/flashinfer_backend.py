@@ -32,13 +32,13 @@ class FlashInferAttention:
             kv_indptr.append(len(kv_indices))
             last_len.append(s.kv_len - (npages - 1) * ps)
             slot_mapping.extend(s.pages[p // ps] * ps + p % ps for p in range(s.prefix_len, s.kv_len))
-        i32 = dict(dtype=torch.int32)
         hkv, d = self.page_shape[2], self.page_shape[3]
+        # plan() reads the page tables on the host and copies what the kernels need
         self.wrapper.plan(
-            torch.tensor(qo, **i32, device=device),
-            torch.tensor(kv_indptr, **i32, device=device),
-            torch.tensor(kv_indices, **i32, device=device),
-            torch.tensor(last_len, **i32, device=device),
+            torch.tensor(qo, dtype=torch.int32),
+            torch.tensor(kv_indptr, dtype=torch.int32),
+            torch.tensor(kv_indices, dtype=torch.int32, device=device),
+            torch.tensor(last_len, dtype=torch.int32),
             self.num_heads,
             hkv,
             d,

@@ -10,6 +10,9 @@ from __future__ import annotations
 import heapq
 import itertools
 
+from ...log import get_logger
+
+_log = get_logger("sgagent.radix")
 _clock = itertools.count()
 
 
@@ -156,6 +159,8 @@ class RadixTree:
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, parent)
         self.evicted_pages += freed
+        if freed:
+            _log.debug("radix.evict", pages=freed, cached_pages=self.cached_pages, tree_nodes=self.num_nodes)
         return freed
 
     def _nodes(self):
