@@ -102,9 +102,9 @@ async def main(runs: int, small: bool) -> None:
     print(f"# constrained decoding on {machine()}")
     engine = sgagent.Engine(kv_cache_bytes=512 << 20, constraint_compile_timeout=20.0)
     await mask_overhead(engine, runs)
-    await extraction(engine, 8 if small else 64, runs)
+    await extraction(engine, 4 if small else 64, runs)
     # the whole folder's compile times and coverage table: python -m bench.schema_coverage
-    await compile_times(engine, 20 if small else 60)
+    await compile_times(engine, 8 if small else 60)
     await engine.aclose()
 
 

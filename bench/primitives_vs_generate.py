@@ -17,10 +17,11 @@ from .common import machine, report, timed
 async def main(runs: int, small: bool) -> None:
     print(f"# primitives vs generate on {machine()}")
     base = sgagent.Engine(kv_cache_bytes=1 << 30)
-    n, qs = (8, 2) if small else (64, 8)
-    cases = [("few_shot", lambda e: w.few_shot_raw(e, n=n), lambda e: w.few_shot_programs(e, n=n)),
-             ("tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs),
-              lambda e: w.tree_of_thought_programs(e, questions=qs))]
+    n, ex, qs, depth = (4, 10, 1, 2) if small else (64, 40, 8, 3)
+    cases = [("few_shot", lambda e: w.few_shot_raw(e, n=n, n_examples=ex),
+              lambda e: w.few_shot_programs(e, n=n, n_examples=ex)),
+             ("tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs, depth=depth),
+              lambda e: w.tree_of_thought_programs(e, questions=qs, depth=depth))]
     for name, raw, prog in cases:
         res = {}
         for label, fn in (("generate", raw), ("program", prog)):

@@ -52,12 +52,12 @@ def llama_few_shot(path: str, n: int, new: int, n_examples: int) -> float | None
 async def main(runs: int, small: bool) -> None:
     print(f"# radix reuse on {machine()}")
     base = sgagent.Engine(kv_cache_bytes=1 << 30)
-    n, convs, qs = (8, 4, 2) if small else (64, 16, 8)
-    few = lambda e: w.few_shot_raw(e, n=n)
-    t_on = await compare(base, "few_shot", few, runs)
-    await compare(base, "multi_turn", lambda e: w.multi_turn_raw(e, convs=convs), runs)
-    await compare(base, "tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs), runs)
-    t_llama = llama_few_shot(base.model_path, n, 16, 40)
+    # --small: a CI smoke run that checks numbers come out, not speeds
+    n, ex, convs, turns, qs, depth = (4, 10, 2, 3, 1, 2) if small else (64, 40, 16, 6, 8, 3)
+    t_on = await compare(base, "few_shot", lambda e: w.few_shot_raw(e, n=n, n_examples=ex), runs)
+    await compare(base, "multi_turn", lambda e: w.multi_turn_raw(e, convs=convs, turns=turns), runs)
+    await compare(base, "tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs, depth=depth), runs)
+    t_llama = llama_few_shot(base.model_path, n, 16, ex)
     if t_llama is not None:
         report("few_shot_vs_llama_cpp", sgagent_s=t_on, llama_cpp_s=t_llama, ratio=t_llama / t_on)
     else:

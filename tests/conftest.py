@@ -22,6 +22,14 @@ async def engine():
     await e.aclose()
 
 
+@pytest_asyncio.fixture
+async def fresh(engine):
+    """An engine of its own (empty cache, own counters) on the session's weights."""
+    e = engine.with_config(kv_cache_bytes=96 << 20)
+    yield e
+    await e.aclose()
+
+
 @pytest.fixture(scope="session")
 def hf_model(engine):
     """transformers' own reading of the same GGUF: an independent dequantization and forward."""
@@ -33,14 +41,15 @@ def hf_model(engine):
 
 
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    """Plain greedy decoding with full recomputation: the reference needs no cache to be right."""
-    ids = list(ids)
-    out = []
+    """Plain greedy decoding with transformers' own forward and cache, never stopping early."""
+    out, past, x = [], None, torch.tensor([ids])
     with torch.no_grad():
         for _ in range(n):
-            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            res = model(x, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            nxt = int(res.logits[0, -1].argmax())
             out.append(nxt)
-            ids.append(nxt)
+            x = torch.tensor([[nxt]])
     return out
 
 

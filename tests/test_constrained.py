@@ -29,10 +29,8 @@ DOC = "Extract the person: Maria Lopez, 34 years old, lives in Madrid. Answer in
 
 
 @pytest.fixture
-async def e(engine):
-    x = engine.with_config(kv_cache_bytes=96 << 20)
-    yield x
-    await x.aclose()
+def e(fresh):
+    return fresh
 
 
 async def test_vocabulary_maps_tokens_to_their_bytes(e):

@@ -15,13 +15,6 @@ LONG_SYSTEM = "You are a meticulous assistant. " + " ".join(
     f"Rule {i}: always double-check step {i} before answering." for i in range(20))
 
 
-@pytest.fixture
-async def fresh(engine):
-    e = engine.with_config(kv_cache_bytes=96 << 20)
-    yield e
-    await e.aclose()
-
-
 async def test_state_renders_like_the_chat_template(fresh):
     @program
     async def chat(s):
