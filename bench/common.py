@@ -19,6 +19,18 @@ def machine() -> str:
     return f"{platform.machine()} {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def cli(main, runs: int = 3) -> None:
+    """`--runs N --small` for a benchmark whose main is `async main(runs, small)`."""
+    import argparse
+    import asyncio
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=runs, help="repeats; the median is reported")
+    ap.add_argument("--small", action="store_true", help="CI smoke size: checks numbers come out, not speeds")
+    a = ap.parse_args()
+    asyncio.run(main(a.runs, a.small))
+
+
 async def timed(fn, runs: int) -> tuple[float, object]:
     """Median wall time of `runs` awaits of fn(), and the last result."""
     times, out = [], None
@@ -27,6 +39,16 @@ async def timed(fn, runs: int) -> tuple[float, object]:
         out = await fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+async def on_fresh_engine(base, fn, **overrides) -> dict:
+    """Await fn(engine) on a new engine sharing base's weights (a cold cache); returns its stats."""
+    e = base.with_config(**overrides)
+    try:
+        await fn(e)
+        return e.stats()
+    finally:
+        await e.aclose()
 
 
 def report(bench: str, **fields) -> None:

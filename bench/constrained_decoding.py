@@ -5,7 +5,6 @@ python -m bench.constrained_decoding [--runs 3] [--small]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -15,7 +14,7 @@ import torch
 import sgagent
 from sgagent.engine.constrained import apply_masks
 
-from .common import machine, report, timed
+from .common import cli, machine, report, timed
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
@@ -109,8 +108,4 @@ async def main(runs: int, small: bool) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--small", action="store_true")
-    a = ap.parse_args()
-    asyncio.run(main(a.runs, a.small))
+    cli(main, runs=3)

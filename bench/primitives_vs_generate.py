@@ -5,13 +5,11 @@ python -m bench.primitives_vs_generate [--runs 3] [--small]
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 
 import sgagent
 
 from . import workloads as w
-from .common import machine, report, timed
+from .common import cli, machine, on_fresh_engine, report, timed
 
 
 async def main(runs: int, small: bool) -> None:
@@ -25,23 +23,11 @@ async def main(runs: int, small: bool) -> None:
     for name, raw, prog in cases:
         res = {}
         for label, fn in (("generate", raw), ("program", prog)):
-            async def once(fn=fn):
-                e = base.with_config()
-                try:
-                    await fn(e)
-                    return e.stats()
-                finally:
-                    await e.aclose()
-
-            res[label], _ = await timed(once, runs)
+            res[label], _ = await timed(lambda fn=fn: on_fresh_engine(base, fn), runs)
         report(f"primitives_{name}", generate_s=res["generate"], program_s=res["program"],
                speedup=res["generate"] / res["program"], runs=runs)
     await base.aclose()
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--small", action="store_true")
-    a = ap.parse_args()
-    asyncio.run(main(a.runs, a.small))
+    cli(main, runs=3)

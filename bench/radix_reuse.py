@@ -5,29 +5,19 @@ python -m bench.radix_reuse [--runs 1] [--small]
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import time
 
 import sgagent
 
 from . import workloads as w
-from .common import llama_cpp, machine, report, timed
+from .common import cli, llama_cpp, machine, on_fresh_engine, report, timed
 
 
 async def compare(base, name: str, fn, runs: int) -> float:
     times = {}
     hit = 0.0
     for radix in (True, False):
-        async def once():
-            e = base.with_config(radix_cache=radix)  # a cold cache each run
-            try:
-                await fn(e)
-                return e.stats()
-            finally:
-                await e.aclose()
-
-        times[radix], stats = await timed(once, runs)
+        times[radix], stats = await timed(lambda: on_fresh_engine(base, fn, radix_cache=radix), runs)
         if radix:
             hit = stats["cache_hit_rate"]
     report(f"radix_{name}", on_s=times[True], off_s=times[False], ratio=times[False] / times[True],
@@ -66,8 +56,4 @@ async def main(runs: int, small: bool) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--small", action="store_true", help="CI smoke size")
-    a = ap.parse_args()
-    asyncio.run(main(a.runs, a.small))
+    cli(main, runs=1)

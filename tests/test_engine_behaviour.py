@@ -151,7 +151,7 @@ async def test_timeouts_and_errors_leave_nothing_behind(engine):
 
 async def test_event_loop_stays_responsive(engine):
     """A ticker on the same loop is never held up longer than about one engine step."""
-    gaps, step_times = [], []
+    gaps = []
     stop = asyncio.Event()
 
     async def ticker():

@@ -9,7 +9,7 @@ import pytest
 
 import sgagent
 from sgagent import assistant, program, system, user
-from conftest import assert_quiescent, settle, hf_logprobs
+from conftest import settle, hf_logprobs
 
 LONG_SYSTEM = "You are a meticulous assistant. " + " ".join(
     f"Rule {i}: always double-check step {i} before answering." for i in range(20))
