@@ -228,10 +228,7 @@ class Engine:
             return
         req.finished = True
         self.counters["aborted"] += 1
-        if self._in_flight is not None and any(it.req is req for it in self._in_flight.items):
-            self._deferred.append(req)
-        else:
-            self.scheduler.drop(req)
+        self._drop_when_safe(req)
         if not req.handle.future.done():
             req.handle.future.set_exception(RequestAbortedError(f"{req.id} was cancelled"))
             req.handle.future.exception()  # mark retrieved: the canceller does not await it
@@ -360,11 +357,15 @@ class Engine:
             return
         req.finished = True
         self.counters["failed"] += 1
+        self._drop_when_safe(req)
+        self._resolve(req, error=error)
+
+    def _drop_when_safe(self, req: Req) -> None:
+        """Give back req's pages now, or right after the step in flight if that step is using them."""
         if self._in_flight is not None and any(it.req is req for it in self._in_flight.items):
             self._deferred.append(req)
         else:
             self.scheduler.drop(req)
-        self._resolve(req, error=error)
 
     def _resolve(self, req: Req, result=None, error=None) -> None:
         h = req.handle
