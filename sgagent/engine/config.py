@@ -23,4 +23,5 @@ class EngineConfig:
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...
     constraint_cache_bytes: int = 256 << 20  # ...this many bytes of them (serialized size)
     constraint_compile_timeout: float = 60.0  # seconds before a compile fails with ConstraintError
+    constraint_compile_workers: int = 2  # compiles at once; each can take GBs, so many distinct schemas queue
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
