@@ -51,3 +51,37 @@ class IncompleteGenerationError(SgagentError, RuntimeError):
 
 class InvalidPromptError(SgagentError, ValueError):
     """An empty prompt, or both/neither of prompt and messages given."""
+
+
+class ToolError(SgagentError):
+    """Base of tool-related errors."""
+
+
+class ToolDefinitionError(ToolError, TypeError):
+    """A function cannot become a tool (a parameter without a type hint, *args, a name clash)."""
+
+
+class UnknownToolError(ToolError, KeyError):
+    def __str__(self) -> str:  # KeyError would print the repr of its argument
+        return str(self.args[0]) if self.args else ""
+
+
+class ToolArgumentsError(ToolError, ValueError):
+    """Arguments for a tool failed validation against its signature; the tool was not called."""
+
+
+class AgentError(SgagentError):
+    """Base of actor-runtime errors."""
+
+
+class AgentNotFoundError(AgentError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class AgentStoppedError(AgentError, RuntimeError):
+    """The agent stopped (or its runtime shut down) before it handled the message."""
+
+
+class AgentFailedError(AgentError, RuntimeError):
+    """An agent failed under the escalate policy, or past its restart limit; raised out of the runtime."""

@@ -135,11 +135,18 @@ class Engine:
             raise InvalidPromptError("token ids must be ints within the vocabulary")
         return ids
 
-    def render(self, messages, add_generation_prompt: bool = True) -> str:
-        """Messages as text, by the model's own chat template."""
+    def render(self, messages, add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        """Messages as text, by the model's own chat template (with its tool list where it has one)."""
+        extra = {"tools": tools} if tools else {}
         return self.tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **extra
         )
+
+    @property
+    def chat_template_has_tools(self) -> bool:
+        """Whether the model's chat template renders a tool list itself (Qwen, Llama 3.1, Mistral...)."""
+        template = self.tokenizer.chat_template or ""
+        return "tools" in (template if isinstance(template, str) else str(template))
 
     def _make_req(self, prompt, messages, params: SamplingParams, stream: bool,
                   logprob_start: int | None = None, constraint=None) -> Req:

@@ -13,11 +13,12 @@ _SENTINEL = "\x00sgagent-content\x00"
 class ChatRenderer:
     def __init__(self, engine):
         self.engine = engine
+        self.tools: list[dict] | None = None  # passed to templates that render tool lists themselves
 
     def _render(self, history: list[dict], gen: bool = False) -> str:
         if not history and not gen:
             return ""
-        return self.engine.render(history, add_generation_prompt=gen)
+        return self.engine.render(history, add_generation_prompt=gen, tools=self.tools)
 
     def message(self, history: list[dict], msg: dict) -> str:
         before = self._render(history)

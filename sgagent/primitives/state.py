@@ -39,6 +39,10 @@ class ProgramState:
         if isinstance(item, Message):
             if self._block is not None:
                 raise SgagentError(f"cannot add a {item.role} message inside an open {self._block[0]} block")
+            if item.tools is not None:
+                if self._history or self._text:
+                    raise SgagentError("a message carrying tools must be the first thing in the prompt")
+                self._chat.tools = [dict(t) for t in item.tools]
             self._append_message(item.as_dict())
         elif isinstance(item, str):
             self._append_text(item)
@@ -166,6 +170,7 @@ class ProgramState:
         for i in range(n):
             b = ProgramState(self.engine, self.program_id, self.path + (i,), parent=self)
             b._text, b._history, b._vars = self._text, list(self._history), dict(self._vars)
+            b._chat.tools = self._chat.tools
             b._base_vars = dict(self._vars)
             out.append(b)
         return out
