@@ -1,0 +1,57 @@
+"""Agent: an actor with a mailbox. Subclass it and write `handle`; the runtime delivers one message at a time."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runtime import AgentRuntime
+
+_message_ids = itertools.count()
+
+
+@dataclass
+class Envelope:
+    message: Any
+    sender: str | None
+    reply: Any = None  # an asyncio future when the sender asked; None for a plain send
+    id: str = field(default_factory=lambda: f"msg-{next(_message_ids)}")
+
+
+class Agent:
+    """Override `handle(message, sender)`; its return value answers an `ask`.
+
+    `on_start` runs before the first message (and again after each restart, on the fresh instance);
+    `on_stop` after the last. Inside, `self.send`, `self.ask` reach other agents by address and
+    `self.state()` starts a program state on the runtime's shared engine.
+    """
+
+    address: str
+    runtime: "AgentRuntime"
+
+    async def on_start(self) -> None:
+        pass
+
+    async def handle(self, message: Any, sender: str | None) -> Any:
+        raise NotImplementedError
+
+    async def on_stop(self) -> None:
+        pass
+
+    @property
+    def engine(self):
+        return self.runtime.engine
+
+    async def send(self, to: str, message: Any) -> None:
+        await self.runtime.send(to, message, sender=self.address)
+
+    async def ask(self, to: str, message: Any, timeout: float | None = None) -> Any:
+        return await self.runtime.ask(to, message, timeout=timeout, sender=self.address)
+
+    def state(self):
+        """A fresh ProgramState on the shared engine, logged under this agent's address."""
+        from ..primitives.state import ProgramState
+
+        return ProgramState(self.engine, f"{self.address}/{next(_message_ids)}")
