@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sgagent.demo
+	$(BIN)/sgagent run recipes/showcase.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

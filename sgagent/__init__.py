@@ -16,7 +16,10 @@ from .primitives import (
     system,
     user,
 )
+from .primitives.roles import tool_result
+from .tools import ToolSet, tool, tool_loop
+from .agents import Agent, AgentRuntime
 
-__all__ = ["Engine", "EngineConfig", "GenerateResult", "Message", "Program", "ProgramState", "SamplingParams",
+__all__ = ["Agent", "AgentRuntime", "ToolSet", "tool", "tool_loop", "tool_result", "Engine", "EngineConfig", "GenerateResult", "Message", "Program", "ProgramState", "SamplingParams",
            "Usage", "assistant", "default_engine", "errors", "gather", "join", "program", "run_batch",
            "set_default_engine", "system", "user"]

@@ -14,7 +14,7 @@ import pytest
 
 from sgagent import ProgramState, system, user
 from sgagent.errors import ToolArgumentsError, ToolDefinitionError, UnknownToolError
-from sgagent.tools import FINAL, Tool, ToolCall, ToolSet, tool, tool_loop
+from sgagent.tools import FINAL, Tool, ToolCall, ToolResult, ToolSet, tool, tool_loop
 from tests.conftest import settle
 
 
@@ -156,6 +156,11 @@ async def test_calls_run_concurrently_and_failures_become_results():
     assert results[7].error.startswith("UnknownToolError")
     with pytest.raises(UnknownToolError, match="nope"):
         ts.parse({"name": "nope", "arguments": {}})
+    # a huge result is cut before it reaches the prompt, and says so
+    big = ToolResult(calls[0], value=["row"] * 5000)
+    assert len(big.content()) > 20000
+    cut = big.content(ts.max_result_chars)
+    assert cut.startswith('["row", ') and cut.endswith("more characters cut]") and len(cut) < 4100
 
 
 def test_step_schema_fixes_names_and_merges_defs():
@@ -206,7 +211,7 @@ def add(a: int, b: int) -> int:
 @tool
 async def search(query: str, limit: int = 3) -> list[str]:
     """Search the web and return result titles."""
-    return [f"{query} result {i}" for i in range(limit)]
+    return [f"{query} result {i}" for i in range(min(limit, 10))]  # the model picks limit: it may be huge
 
 
 TOOLS = ToolSet([get_weather, add, search])
@@ -232,7 +237,7 @@ async def test_tool_loop_calls_are_always_well_formed(engine):
             seen.append(c)
         for step in r.steps:
             assert all(res.ok for res in step.results), [res.error for res in step.results]
-        assert isinstance(r.answer, str) and r.reason in ("answer", "budget")
+        assert isinstance(r.answer, str) and r.reason in ("answer", "budget", "length")
         return r
 
     results = await asyncio.gather(*(one(i) for i in range(100)))
@@ -243,6 +248,15 @@ async def test_tool_loop_calls_are_always_well_formed(engine):
     assert s["cached_tokens"] > 0.5 * s["prompt_tokens"]  # same system prompt and tools: mostly reused
     await settle(e)
     await e.aclose()
+
+
+def test_an_answer_cut_at_max_tokens_is_kept_and_a_cut_call_is_not():
+    from sgagent.tools.loop import _cut_answer
+
+    head = '{ "name": "final_answer", "arguments": {"answer": '
+    assert _cut_answer(head + '"Warm, about 21 \\u00') == "Warm, about 21 "
+    assert _cut_answer(head + '"say \\"hi') == 'say "hi'
+    assert _cut_answer('{"name": "add", "arguments": {"a": 1') is None
 
 
 async def test_tool_errors_go_back_to_the_model(fresh):

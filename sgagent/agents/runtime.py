@@ -189,7 +189,6 @@ class AgentRuntime:
                 with structlog.contextvars.bound_contextvars(agent_id=cell.address):
                     await agent.on_stop()
         finally:
-            cell.outbox.close()  # senders waiting for room get AgentStoppedError
             if cell.current is not None:
                 self._reply(cell.current, error=AgentStoppedError(f"agent {cell.address!r} stopped"))
                 cell.current = None
@@ -201,6 +200,9 @@ class AgentRuntime:
                     break
                 self._reply(env, error=AgentStoppedError(f"agent {cell.address!r} stopped"))
                 self._settled()
+            # closed only once emptied (a closed stream hands out nothing): senders still waiting for room
+            # get AgentStoppedError; with no await since the loop above, nothing slipped in between
+            cell.outbox.close()
             cell.inbox.close()
             self._cells.pop(cell.address, None)
             cell.done.set()

@@ -337,7 +337,8 @@ class Engine:
         if req.constraint is not None:
             if not req.constraint.is_complete():
                 return self._resolve(req, error=IncompleteGenerationError(
-                    f"{req.id} stopped ({reason}) before its constraint was complete", text=h.out.text))
+                    f"{req.id} stopped ({reason}) before its constraint was complete; it ends {h.out.text[-120:]!r}",
+                    text=h.out.text))
             try:
                 parsed = req.constraint.finish(h.out.text)
             except Exception as e:

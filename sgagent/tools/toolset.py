@@ -44,20 +44,24 @@ class ToolResult:
     def ok(self) -> bool:
         return self.error is None
 
-    def content(self) -> str:
-        """What the model reads back."""
+    def content(self, max_chars: int | None = None) -> str:
+        """What the model reads back; past `max_chars` it is cut, saying so, so one result cannot fill the context."""
         if self.error is not None:
-            return json.dumps({"error": self.error})
-        if isinstance(self.value, str):
-            return self.value
-        try:
-            return json.dumps(self.value, default=str)
-        except (TypeError, ValueError):
-            return str(self.value)
+            text = json.dumps({"error": self.error})
+        elif isinstance(self.value, str):
+            text = self.value
+        else:
+            try:
+                text = json.dumps(self.value, default=str)
+            except (TypeError, ValueError):
+                text = str(self.value)
+        if max_chars is not None and len(text) > max_chars:
+            text = text[:max_chars] + f" ...[{len(text) - max_chars} more characters cut]"
+        return text
 
 
 class ToolSet:
-    def __init__(self, tools: Iterable, *, timeout: float | None = 30.0):
+    def __init__(self, tools: Iterable, *, timeout: float | None = 30.0, max_result_chars: int | None = 4000):
         self.tools: dict[str, Tool] = {}
         for t in tools:
             t = t if isinstance(t, Tool) else Tool(t)
@@ -67,6 +71,7 @@ class ToolSet:
         if not self.tools:
             raise ToolDefinitionError("a ToolSet needs at least one tool")
         self.timeout = timeout  # per call, unless the tool sets its own
+        self.max_result_chars = max_result_chars  # what a result may add to the prompt
         self.log = get_logger("sgagent.tools")
 
     def __getitem__(self, name: str) -> Tool:

@@ -1,0 +1,126 @@
+"""The `sgagent` command: run a recipe or program file, chat in the terminal, run the benchmark suite.
+
+    sgagent run recipes/showcase.py [--model PATH] [--arg k=v ...]
+    sgagent chat [--model PATH]
+    sgagent bench [WORKLOAD ...] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def load_file(path: str):
+    """Import a program file by path (it need not be on sys.path); its `main(engine, ...)` is what runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"sgagent run: no such file {path!r}")
+    spec = importlib.util.spec_from_file_location(f"sgagent_run_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(p.resolve().parent.parent))  # so a recipe may import its siblings as recipes.x
+    spec.loader.exec_module(module)
+    main = getattr(module, "main", None)
+    if main is None or not inspect.iscoroutinefunction(main):
+        raise SystemExit(f"sgagent run: {path} has no `async def main(engine, ...)`")
+    return main
+
+
+def parse_args(main, pairs: list[str]) -> dict:
+    """`k=v` pairs typed by main's defaults and annotations: ints, floats, bools and JSON lists stay typed."""
+    params = inspect.signature(main).parameters
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"sgagent run: --arg takes k=v, not {pair!r}")
+        k, v = pair.split("=", 1)
+        if k not in params or k == "engine":
+            raise SystemExit(f"sgagent run: unknown argument {k!r}; this program takes "
+                             f"{[n for n in params if n != 'engine']}")
+        default = params[k].default
+        if isinstance(default, bool):
+            out[k] = v.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, (int, float)):
+            out[k] = type(default)(v)
+        elif isinstance(default, (list, dict)):
+            out[k] = json.loads(v)
+        else:
+            out[k] = v
+    return out
+
+
+async def run_file(path: str, model: str | None, pairs: list[str]):
+    from .engine import Engine
+
+    main = load_file(path)
+    kwargs = parse_args(main, pairs)
+    async with Engine(model) as engine:
+        return await main(engine, **kwargs)
+
+
+async def chat(model: str | None, max_tokens: int, system_prompt: str | None) -> None:
+    from .engine import Engine
+
+    async with Engine(model) as engine:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        print("sgagent chat: an empty line or Ctrl-D ends it.", flush=True)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                line = await loop.run_in_executor(None, input, "you> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            messages.append({"role": "user", "content": line})
+            print("model> ", end="", flush=True)
+            pieces = []
+            async for piece in engine.stream(messages=messages, max_tokens=max_tokens, temperature=0.7):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            print(flush=True)
+            messages.append({"role": "assistant", "content": "".join(pieces)})
+        st = engine.stats()
+        print(f"[{len(messages) // 2} turns; prefix cache hit rate {st['cache_hit_rate']:.0%}]")
+
+
+def bench(names: list[str], small: bool) -> int:
+    root = Path.cwd()
+    if not (root / "bench" / "run_all.py").is_file():
+        raise SystemExit("sgagent bench: run it from a checkout of sgagent (the bench/ folder ships with the repo)")
+    args = [sys.executable, "-m", "bench.run_all", *(["--small"] if small else []), *names]
+    return subprocess.call(args, cwd=root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sgagent", description="LLM agent programs on an embedded engine.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a recipe or program file (its async main(engine, ...))")
+    r.add_argument("file")
+    r.add_argument("--model", default=None, help="a .gguf file or Hugging Face folder (default: SmolLM2-135M)")
+    r.add_argument("--arg", action="append", default=[], metavar="K=V", help="an argument of main; repeatable")
+    c = sub.add_parser("chat", help="chat with the model in the terminal, streaming")
+    c.add_argument("--model", default=None)
+    c.add_argument("--max-tokens", type=int, default=256)
+    c.add_argument("--system", default=None, help="a system prompt")
+    b = sub.add_parser("bench", help="the benchmark suite (from a checkout)")
+    b.add_argument("workloads", nargs="*")
+    b.add_argument("--small", action="store_true", help="the CI smoke size")
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        asyncio.run(run_file(a.file, a.model, a.arg))
+    elif a.cmd == "chat":
+        asyncio.run(chat(a.model, a.max_tokens, a.system))
+    else:
+        return bench(a.workloads, a.small)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
