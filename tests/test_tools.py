@@ -230,7 +230,7 @@ async def test_tool_loop_calls_are_always_well_formed(engine):
         s += user(TASKS[i % len(TASKS)])
         must = 1 if i % 5 == 0 else 0  # some runs may not answer before calling a tool
         r = await tool_loop(s, TOOLS, max_steps=2, min_steps=must, parallel=2 if i % 4 == 3 else 1,
-                            max_tokens=96, temperature=0.8, seed=i)
+                            max_tokens=64, temperature=0.8, seed=i)
         assert len(r.steps) >= must
         for c in r.calls:
             checked[c.name].validate(c.arguments)  # raises if the FSM let a bad call through
@@ -248,6 +248,12 @@ async def test_tool_loop_calls_are_always_well_formed(engine):
     assert s["cached_tokens"] > 0.5 * s["prompt_tokens"]  # same system prompt and tools: mostly reused
     await settle(e)
     await e.aclose()
+
+
+async def test_min_steps_must_fit_the_budget():
+    with pytest.raises(ValueError, match="min_steps"):
+        await tool_loop(None, TOOLS, max_steps=1, min_steps=2)
+    assert FINAL not in json.dumps(TOOLS.step_schema(allow_answer=False))
 
 
 def test_an_answer_cut_at_max_tokens_is_kept_and_a_cut_call_is_not():
