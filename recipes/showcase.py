@@ -1,15 +1,15 @@
 """The main job: one agent program that shows the product on the default model.
 
 It forks three branches that share the prompt (computed once) to propose plans concurrently, makes a tool
-call whose JSON is constrained to the tool's schema, picks a plan with `select`, and ends with the engine's
-numbers: tokens/s and the prefix-cache hit rate.
+call whose JSON is constrained to the tool's schema, picks the plan that suits the forecast with `select`,
+and ends with the engine's numbers: tokens/s and the prefix-cache hit rate.
 """
 
 import time
 from typing import Literal
 
 import sgagent
-from sgagent import program, system, user
+from sgagent import ProgramState, program, system, user
 from sgagent.tools import ToolSet, tool
 
 
@@ -24,25 +24,28 @@ TOOLS = ToolSet([get_weather])
 
 @program
 async def weekend(s, city: str, ideas: int):
-    s += TOOLS.system(s.engine, "You are a concise travel planner.")
-    s += user(f"I have a free weekend in {city}. Check the weather for Saturday first.")
-    async with s.assistant():
-        call = await s.gen("call", json_schema=TOOLS.step_schema(allow_answer=False), max_tokens=48,
-                           temperature=0.0)
-    (result,) = await TOOLS.run(TOOLS.parse(call))
-    s += sgagent.tool_result(result.content(), name=result.call.name, tool_call_id=result.call.id)
-    branches = s.fork(ideas)
+    s += system("You are a concise travel planner.")
+    s += user(f"I have a free Saturday in {city}. Suggest one activity, in one sentence.")
+    branches = s.fork(ideas)  # every branch shares the prompt above, computed once
 
     async def idea(b, i):
-        b += user(f"Suggest plan number {i + 1} for Saturday in one sentence.")
         async with b.assistant():
-            await b.gen("plan", max_tokens=40, stop="\n", temperature=0.8, seed=i)
+            await b.gen("plan", max_tokens=40, stop="\n", temperature=0.7, top_p=0.9, seed=i)
 
     async with sgagent.join(branches) as group:
         for i, b in enumerate(branches):
             group.start(idea(b, i))
+
+    # the weather comes from a tool; the call's JSON is constrained to the tool's schema
+    t = ProgramState(s.engine, f"{s.program_id}/tool")
+    t += TOOLS.system(s.engine, "You call tools for a travel planner.")
+    t += user(f"Check the weather in {city} on Saturday.")
+    async with t.assistant():
+        call = await t.gen(json_schema=TOOLS.step_schema(allow_answer=False), max_tokens=48, temperature=0.0)
+    (result,) = await TOOLS.run(TOOLS.parse(call))
+
     s += user("Plans:\n" + "\n".join(f"{'ABC'[i]}. {p.strip()}" for i, p in enumerate(s["plan"]))
-              + "\nWhich plan is best? Answer with the letter.")
+              + f"\nForecast: {result.content()}\nWhich plan suits the weather best? Answer with the letter.")
     async with s.assistant():
         best = await s.select("best", choices=list("ABC"[:ideas]))
     return result, s["plan"], best
