@@ -93,15 +93,7 @@ async def workload(engine, agents: int, steps: int, max_tokens: int) -> list:
     async with AgentRuntime(engine) as rt:
         for a in range(agents):
             await rt.spawn(f"agent-{a}", lambda: ToolAgent(steps, max_tokens))
-        out = [None] * agents
-
-        async def one(a: int):
-            out[a] = await rt.ask(f"agent-{a}", (a, TASKS[a % len(TASKS)]))
-
-        async with anyio.create_task_group() as tg:
-            for a in range(agents):
-                tg.start_soon(one, a)
-    return out
+        return await sgagent.gather(*(rt.ask(f"agent-{a}", (a, TASKS[a % len(TASKS)])) for a in range(agents)))
 
 
 async def warm_up(e) -> None:

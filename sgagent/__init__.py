@@ -20,6 +20,6 @@ from .primitives.roles import tool_result
 from .tools import ToolSet, tool, tool_loop
 from .agents import Agent, AgentRuntime
 
-__all__ = ["Agent", "AgentRuntime", "ToolSet", "tool", "tool_loop", "tool_result", "Engine", "EngineConfig", "GenerateResult", "Message", "Program", "ProgramState", "SamplingParams",
-           "Usage", "assistant", "default_engine", "errors", "gather", "join", "program", "run_batch",
-           "set_default_engine", "system", "user"]
+__all__ = ["Agent", "AgentRuntime", "Engine", "EngineConfig", "GenerateResult", "Message", "Program", "ProgramState",
+           "SamplingParams", "ToolSet", "Usage", "assistant", "default_engine", "errors", "gather", "join", "program",
+           "run_batch", "set_default_engine", "system", "tool", "tool_loop", "tool_result", "user"]

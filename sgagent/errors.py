@@ -61,9 +61,15 @@ class ToolDefinitionError(ToolError, TypeError):
     """A function cannot become a tool (a parameter without a type hint, *args, a name clash)."""
 
 
-class UnknownToolError(ToolError, KeyError):
-    def __str__(self) -> str:  # KeyError would print the repr of its argument
+class _PlainKeyError(KeyError):
+    """A KeyError whose message prints as written (KeyError alone prints the repr of its argument)."""
+
+    def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownToolError(ToolError, _PlainKeyError):
+    """A call named a tool that is not offered."""
 
 
 class ToolArgumentsError(ToolError, ValueError):
@@ -74,9 +80,8 @@ class AgentError(SgagentError):
     """Base of actor-runtime errors."""
 
 
-class AgentNotFoundError(AgentError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class AgentNotFoundError(AgentError, _PlainKeyError):
+    """No agent lives at the address."""
 
 
 class AgentStoppedError(AgentError, RuntimeError):

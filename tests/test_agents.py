@@ -165,7 +165,7 @@ async def test_agents_share_prefixes_and_stopping_frees_their_requests(fresh):
     async with AgentRuntime(fresh) as rt:
         for i in range(6):
             await rt.spawn(f"w{i}", Writer)
-        outs = await asyncio.gather(*(rt.ask(f"w{i}", f"Say something about the sea, take 8") for i in range(6)))
+        outs = await asyncio.gather(*(rt.ask(f"w{i}", "Say something about the sea, take 8") for i in range(6)))
         assert len(set(outs)) == 1  # greedy, same prompt
         s = fresh.stats()
         assert s["cached_tokens"] >= 4 * 40, s  # the shared system prompt was computed once or twice, not 6x

@@ -12,7 +12,7 @@ import jsonschema
 import pydantic
 import pytest
 
-from sgagent import ProgramState, system, user
+from sgagent import ProgramState, user
 from sgagent.errors import ToolArgumentsError, ToolDefinitionError, UnknownToolError
 from sgagent.tools import FINAL, Tool, ToolCall, ToolResult, ToolSet, tool, tool_loop
 from tests.conftest import settle

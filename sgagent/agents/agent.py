@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ class Envelope:
     id: str = field(default_factory=lambda: f"msg-{next(_message_ids)}")
 
 
-class Agent:
+class Agent(ABC):
     """Override `handle(message, sender)`; its return value answers an `ask`.
 
     `on_start` runs before the first message (and again after each restart, on the fresh instance);
@@ -34,8 +35,9 @@ class Agent:
     async def on_start(self) -> None:
         pass
 
+    @abstractmethod
     async def handle(self, message: Any, sender: str | None) -> Any:
-        raise NotImplementedError
+        """Handle one message; the return value (or exception) answers an `ask`."""
 
     async def on_stop(self) -> None:
         pass

@@ -38,9 +38,8 @@ class ToolLoopResult:
 
 
 async def tool_loop(s, tools: ToolSet, *, max_steps: int = 4, min_steps: int = 0, parallel: int = 1,
-                    max_tokens: int = 256,
-                    temperature: float = 0.0, seed: int | None = None, name: str | None = None,
-                    **sampling) -> ToolLoopResult:
+                    max_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
+                    name: str | None = None, **sampling) -> ToolLoopResult:
     """Run the tool loop on program state `s` (which already holds tools.system(...) and the task).
 
     Every step is an assistant message holding the call JSON; every result a tool message, rendered by the

@@ -13,6 +13,7 @@ import structlog
 
 from ..errors import ToolArgumentsError, ToolDefinitionError, UnknownToolError
 from ..log import get_logger
+from ..primitives.concurrency import gather
 from ..primitives.roles import Message
 from .schema import FINAL, step_schema
 from .tool import Tool
@@ -97,12 +98,11 @@ class ToolSet:
         and the call format are written into the message.
         """
         how = f"; or a JSON list of up to {parallel} such objects to call several tools at once" if parallel > 1 else ""
-        if engine.chat_template_has_tools:
-            return Message("system", content + "\n\n" + GENERIC_INSTRUCTIONS.format(parallel=how, tools="(listed above)"),
-                           tools=tuple(self.specs()))
-        lines = "\n".join(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters})
-                          for t in self)
-        return Message("system", content + "\n\n" + GENERIC_INSTRUCTIONS.format(parallel=how, tools=lines))
+        native = engine.chat_template_has_tools
+        listed = "(listed above)" if native else "\n".join(
+            json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}) for t in self)
+        text = content + "\n\n" + GENERIC_INSTRUCTIONS.format(parallel=how, tools=listed)
+        return Message("system", text, tools=tuple(self.specs()) if native else None)
 
     def step_schema(self, *, parallel: int = 1, allow_answer: bool = True, allow_calls: bool = True) -> dict:
         return step_schema(list(self), parallel=parallel, allow_answer=allow_answer, allow_calls=allow_calls)
@@ -146,13 +146,5 @@ class ToolSet:
         return ToolResult(call, value=value)
 
     async def run(self, calls: list[ToolCall]) -> list[ToolResult]:
-        """All calls at once (one task group); results in call order."""
-        results: list = [None] * len(calls)
-
-        async def one(i: int, c: ToolCall):
-            results[i] = await self.call(c)
-
-        async with anyio.create_task_group() as tg:
-            for i, c in enumerate(calls):
-                tg.start_soon(one, i, c)
-        return results
+        """All calls at once; results in call order (a call's failure is its result, so none cancels another)."""
+        return await gather(*(self.call(c) for c in calls))

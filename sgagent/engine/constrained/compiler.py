@@ -71,7 +71,8 @@ class ConstraintCompiler:
         self._pending: dict[tuple, asyncio.Future] = {}
         self._worker: CompileWorker | None = None
         self._cache_bytes = 0
-        self._slots: anyio.Semaphore | None = None
+        # a burst of distinct schemas must not start one multi-GB compile each: compiles wait for a slot
+        self._slots = anyio.Semaphore(max(1, config.constraint_compile_workers))
         self.compiles = 0
         self.compile_seconds = 0.0
         self.hits = 0
@@ -155,11 +156,7 @@ class ConstraintCompiler:
         return c
 
     async def _compile(self, kind: str, regex: str) -> Index:
-        # a burst of distinct schemas must not start one multi-GB compile each: they wait for a slot, and the
-        # time limit counts from when their own compile starts
-        if self._slots is None:
-            self._slots = anyio.Semaphore(max(1, self.config.constraint_compile_workers))
-        async with self._slots:
+        async with self._slots:  # the time limit counts from when this compile starts, not from the queue
             return await self._compile_now(kind, regex)
 
     async def _compile_now(self, kind: str, regex: str) -> Index:
