@@ -13,13 +13,13 @@ FOLLOW_UPS = ["What should I do first?", "What is a common mistake?", "Give me o
 
 
 @program
-async def chat(s, opener: str, turns: int):
+async def chat(s, opener: str, turns: int, max_tokens: int = 40):
     s += system("You are a friendly, concise assistant.")
     replies = []
     for t in range(turns):
         s += user(opener if t == 0 else FOLLOW_UPS[(t - 1) % len(FOLLOW_UPS)])
         async with s.assistant():
-            replies.append(await s.gen(max_tokens=40, temperature=0.0))
+            replies.append(await s.gen(max_tokens=max_tokens, temperature=0.0))
     return replies
 
 

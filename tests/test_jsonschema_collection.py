@@ -20,7 +20,7 @@ from sgagent.errors import IncompleteGenerationError, UnsupportedSchemaError
 async def suite(engine):
     e = engine.with_config(kv_cache_bytes=512 << 20, constraint_compile_timeout=8.0)
     await e.generate("x", choices=["a"])  # builds the compiler
-    results = await run_suite(e._constraints, every=4)
+    results = await run_suite(e._compiler(), every=4)
     yield e, results
     await e.aclose()
 
@@ -55,7 +55,7 @@ async def test_strictness_invalid_instances_are_rejected(suite):
 
 async def test_accepts_is_exact_on_a_known_schema(suite):
     e, _ = suite
-    c = await e._constraints.compiled(*e._constraints.spec_to_regex(
+    c = await e._compiler().compiled(*e._compiler().spec_to_regex(
         {"json_schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}})[:2])
     assert accepts(c, '{"n":12}') and not accepts(c, '{"n":"12"}') and not accepts(c, '{"n":12')
 

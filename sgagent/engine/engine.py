@@ -53,13 +53,15 @@ class Engine:
         self.config = cfg
         self.log = get_logger("sgagent.engine")
         t0 = time.perf_counter()
+        self._parent = None  # with_config's source: its compiled constraints are shared, not rebuilt
         if _share is None:
             src = resolve(cfg.model)
             self.tokenizer = src.load_tokenizer()
             self.runner = ModelRunner(src, cfg)
         else:
-            src, self.tokenizer, weights = _share
-            self.runner = ModelRunner(src, cfg, weights)
+            self._parent = _share
+            src, self.tokenizer = _share._src, _share.tokenizer
+            self.runner = ModelRunner(src, cfg, _share.runner.model)
         self._src = src
         self.model_path = str(src.path)
         mc = src.config
@@ -85,14 +87,14 @@ class Engine:
                       radix=cfg.radix_cache, seconds=round(time.perf_counter() - t0, 2))
 
     def with_config(self, **overrides) -> "Engine":
-        """A second engine on the same loaded weights and tokenizer, with its own KV pool and scheduler.
+        """A second engine on the same loaded weights and tokenizer, with its own KV pool and scheduler;
+        compiled constraints come from this engine's cache while it is open.
 
         dtype and device must stay the same (the weights are shared as they are).
         """
         if any(k in overrides for k in ("model", "dtype", "device")):
             raise ValueError("with_config shares the weights: model, dtype and device cannot change")
-        return Engine(config=dataclasses.replace(self.config, **overrides),
-                      _share=(self._src, self.tokenizer, self.runner.model))
+        return Engine(config=dataclasses.replace(self.config, **overrides), _share=self)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -210,12 +212,18 @@ class Engine:
             constraint = await self._constraint_state(spec)
         return self._make_req(prompt, messages, params, stream, logprob_start, constraint)
 
-    async def _constraint_state(self, spec: dict):
-        if self._constraints is None:
+    def _compiler(self, build: bool = True):
+        """The constraint compiler in use: the with_config source's while it is open, else this engine's own."""
+        if self._parent is not None and not self._parent._closed:
+            return self._parent._compiler(build)
+        if self._constraints is None and build:
             from .constrained import ConstraintCompiler
 
             self._constraints = ConstraintCompiler(self.tokenizer, self.eos_ids, self.config)
-        return await self._constraints.state_for(spec)
+        return self._constraints
+
+    async def _constraint_state(self, spec: dict):
+        return await self._compiler().state_for(spec)
 
     async def score(self, prompt=None, continuations: list[str] = (), *, messages=None) -> list[list[float]]:
         """Log-probabilities of each continuation's tokens after the prompt, all scored in one batch."""
@@ -304,7 +312,8 @@ class Engine:
 
     def _after_token(self, req: Req, token: int) -> None:
         p = req.params
-        if token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
+        # under a constraint EOS is only sampled where the FSM allows the end, so it ends even with ignore_eos
+        if token in p.stop_token_ids or (token in self.eos_ids and (not p.ignore_eos or req.constraint is not None)):
             return self._finish(req, "stop", strip_last=True)
         if req.constraint is not None:
             room = min(p.max_tokens - len(req.output_ids), self.max_context - len(req.tokens) - 1)
@@ -411,6 +420,6 @@ class Engine:
             tree_nodes=tree.num_nodes if tree else 0,
             preemptions=s.preemptions,
         )
-        if self._constraints is not None:
-            out.update(self._constraints.stats())
+        if (compiler := self._compiler(build=False)) is not None:
+            out.update(compiler.stats())
         return out

@@ -1,0 +1,1 @@
+"""The benchmark suite of the SGLang paper's workloads: `python -m bench.suite` or `sgagent bench`."""
