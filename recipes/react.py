@@ -5,6 +5,9 @@ tools' call schemas or the final answer) inside one assistant turn, and tool res
 """
 
 import json
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from sgagent import ProgramState, user
 from sgagent.tools import FINAL, ToolSet, tool
@@ -15,14 +18,14 @@ FACTS = {"eiffel tower": "The Eiffel Tower is 330 metres tall and stands in Pari
 
 
 @tool
-def lookup(topic: str) -> str:
+def lookup(topic: Annotated[str, Field(max_length=40)]) -> str:
     """Look up a short encyclopedia entry about a topic."""
     key = topic.lower().strip()
     return next((v for k, v in FACTS.items() if k in key or key in k), f"No entry for {topic!r}.")
 
 
 @tool
-def calculate(a: float, b: float, op: str) -> float:
+def calculate(a: float, b: float, op: Literal["+", "-", "*", "/"]) -> float:
     """Apply op (one of + - * /) to a and b."""
     return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan")}[op]
 

@@ -2,6 +2,7 @@
 
     sgagent run recipes/showcase.py [--model PATH] [--arg k=v ...]
     sgagent chat [--model PATH]
+    sgagent serve [--model PATH] [--host 127.0.0.1] [--port 8000]
     sgagent bench [WORKLOAD ...] [--small] [--scale F] [--runs N] [--systems a,b]
 """
 
@@ -90,6 +91,15 @@ async def chat(model: str | None, max_tokens: int, system_prompt: str | None) ->
         print(f"[{len(messages) // 2} turns; prefix cache hit rate {st['cache_hit_rate']:.0%}]")
 
 
+async def serve(model: str | None, host: str, port: int, name: str | None, max_body: int) -> None:
+    from .engine import Engine
+    from .server import serve as run_server
+
+    async with Engine(model) as engine:
+        print(f"sgagent: serving {engine.model_path} on http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
+        await run_server(engine, host=host, port=port, model=name, max_body_bytes=max_body)
+
+
 def bench(args: list[str]) -> int:
     """The benchmark suite (bench/suite), which ships with the repository rather than the package."""
     root = Path.cwd()
@@ -109,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--model", default=None)
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--system", default=None, help="a system prompt")
+    v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server over the engine")
+    v.add_argument("--model", default=None)
+    v.add_argument("--host", default="127.0.0.1", help="the address to bind (default: loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--served-model-name", default=None, help="the model id clients ask for (default: file name)")
+    v.add_argument("--max-body-bytes", type=int, default=4 << 20)
     sub.add_parser("bench", add_help=False, help="the benchmark suite of the paper's workloads (from a checkout); "
                    "sgagent bench --help lists its options")
     argv = sys.argv[1:] if argv is None else argv
@@ -119,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_file(a.file, a.model, a.arg))
     elif a.cmd == "chat":
         asyncio.run(chat(a.model, a.max_tokens, a.system))
+    elif a.cmd == "serve":
+        try:
+            asyncio.run(serve(a.model, a.host, a.port, a.served_model_name, a.max_body_bytes))
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

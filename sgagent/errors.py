@@ -90,3 +90,11 @@ class AgentStoppedError(AgentError, RuntimeError):
 
 class AgentFailedError(AgentError, RuntimeError):
     """An agent failed under the escalate policy, or past its restart limit; raised out of the runtime."""
+
+
+class RemoteError(SgagentError, RuntimeError):
+    """A remote endpoint failed (after retries) or answered with an error that is not the request's fault."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

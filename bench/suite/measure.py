@@ -40,12 +40,13 @@ async def measure(systems: Systems, workload: Workload, n: int, small: bool, run
             times.append(dt)
             if bar is not None:
                 bar.update(1)
-        if not outputs or any(o is None for o in outputs):
-            raise RuntimeError(f"{workload.name} on {name} produced no output for some program")
+        failed = [o for o in outputs if isinstance(o, BaseException)]
+        if not outputs or len(failed) == len(outputs) or any(o is None for o in outputs):
+            raise RuntimeError(f"{workload.name} on {name} produced no output: {failed[:1]}")
         t = statistics.median(times)
         row["programs"] = len(outputs)
         row["systems"][name] = {
-            "seconds": t, "programs_per_s": len(outputs) / t, "runs": runs,
+            "seconds": t, "programs_per_s": (len(outputs) - len(failed)) / t, "runs": runs, "failed": len(failed),
             "hit_rate": stats.get("cache_hit_rate", 0.0), "prompt_tokens": stats.get("prompt_tokens", 0),
             "cached_tokens": stats.get("cached_tokens", 0),
         }

@@ -9,13 +9,14 @@ from pathlib import Path
 def table(rows: list[dict]) -> str:
     names = [n for n in rows[0]["systems"]] if rows else []
     head = ["workload", "programs"] + [f"{n} prog/s" for n in names] + \
-        [f"vs {n}" for n in names if n != "sgagent"] + ["hit rate"]
+        [f"vs {n}" for n in names if n != "sgagent"] + ["hit rate", "failed programs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r["systems"]
         cells = [r["workload"], str(r["programs"])] + [f"{s[n]['programs_per_s']:.3f}" for n in names]
         cells += [f"**{r['ratios'][f'vs_{n}']:.2f}x**" for n in names if n != "sgagent"]
         cells.append(f"{s['sgagent']['hit_rate']:.0%}" if "sgagent" in s else "")
+        cells.append(", ".join(f"{n} {s[n]['failed']}" for n in names if s[n].get("failed")) or "0")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

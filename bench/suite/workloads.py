@@ -20,8 +20,9 @@ from . import data
 
 
 async def _batch(engine, prog, args: list[dict]) -> list:
-    states = await run_batch(prog, args, engine=engine, progress=False)
-    return [st.return_value for st in states]
+    """One output per program; a program that failed (e.g. a constrained step cut by max_tokens) gives its error."""
+    states = await run_batch(prog, args, engine=engine, progress=False, return_exceptions=True)
+    return [st if isinstance(st, BaseException) else st.return_value for st in states]
 
 
 async def few_shot(engine, n: int, small: bool):
@@ -36,8 +37,8 @@ async def hellaswag_select(engine, n: int, small: bool):
 
 async def react_agent(engine, n: int, small: bool):
     runs = await asyncio.gather(*(react.main(engine, question=q, max_steps=1 if small else 2)
-                                  for q in data.react_questions(n)))
-    return [r["trace"] for r in runs]
+                                  for q in data.react_questions(n)), return_exceptions=True)
+    return [r if isinstance(r, BaseException) else r["trace"] for r in runs]
 
 
 async def tree_of_thought_search(engine, n: int, small: bool):

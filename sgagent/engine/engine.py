@@ -27,6 +27,7 @@ from ..log import get_logger
 from .config import EngineConfig
 from .model.source import resolve
 from .output import OutputText
+from .prompts import Prompting
 from .request import GenerateResult, SamplingParams, Usage, new_request_id
 from .runner import ModelRunner
 from .scheduler import Req, Scheduler, StepPlan
@@ -44,7 +45,7 @@ class _Handle:
         self.out = OutputText(tokenizer, stop)
 
 
-class Engine:
+class Engine(Prompting):
     def __init__(self, model: str | None = None, config: EngineConfig | None = None, *, _share=None,
                  **overrides):
         cfg = dataclasses.replace(config or EngineConfig(), **overrides)
@@ -124,32 +125,6 @@ class Engine:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sgagent-engine")
 
     # -- requests ------------------------------------------------------------------------------
-    def tokenize(self, prompt=None, messages=None, add_generation_prompt: bool = True) -> list[int]:
-        if (prompt is None) == (messages is None):
-            raise InvalidPromptError("pass exactly one of prompt (str or token ids) or messages")
-        if messages is not None:
-            text = self.render(messages, add_generation_prompt)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        ids = list(prompt)
-        if not all(isinstance(t, int) and 0 <= t < self.model_config.vocab_size for t in ids):
-            raise InvalidPromptError("token ids must be ints within the vocabulary")
-        return ids
-
-    def render(self, messages, add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
-        """Messages as text, by the model's own chat template (with its tool list where it has one)."""
-        extra = {"tools": tools} if tools else {}
-        return self.tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **extra
-        )
-
-    @property
-    def chat_template_has_tools(self) -> bool:
-        """Whether the model's chat template renders a tool list itself (Qwen, Llama 3.1, Mistral...)."""
-        template = self.tokenizer.chat_template or ""
-        return "tools" in (template if isinstance(template, str) else str(template))
-
     def _make_req(self, prompt, messages, params: SamplingParams, stream: bool,
                   logprob_start: int | None = None, constraint=None) -> Req:
         ids = self.tokenize(prompt, messages)
@@ -189,14 +164,18 @@ class Engine:
             self.abort(req)
             raise
 
-    async def stream(self, prompt=None, *, messages=None, **sampling) -> AsyncIterator[str]:
-        """Yield text pieces as they are decoded."""
+    async def stream(self, prompt=None, *, messages=None, result: list | None = None,
+                     **sampling) -> AsyncIterator[str]:
+        """Yield text pieces as they are decoded; the GenerateResult (finish reason, usage) is appended to
+        `result` when given, since an async generator cannot return a value."""
         req = await self._prepare(prompt, messages, sampling, stream=True)
         self._submit(req)
         try:
             while (piece := await req.handle.queue.get()) is not _DONE:
                 yield piece
-            req.handle.future.result()  # re-raise a failure
+            final = req.handle.future.result()  # re-raises a failure
+            if result is not None:
+                result.append(final)
         finally:
             if not req.finished:
                 self.abort(req)

@@ -3,6 +3,7 @@
 from .loop import ToolLoopResult, ToolStep, tool_loop
 from .schema import FINAL
 from .tool import Tool, tool
-from .toolset import ToolCall, ToolResult, ToolSet
+from .toolset import ToolCall, ToolResult, ToolSet, tools_system_message
 
-__all__ = ["FINAL", "Tool", "ToolCall", "ToolLoopResult", "ToolResult", "ToolSet", "ToolStep", "tool", "tool_loop"]
+__all__ = ["FINAL", "Tool", "ToolCall", "ToolLoopResult", "ToolResult", "ToolSet", "ToolStep", "tool", "tool_loop",
+           "tools_system_message"]

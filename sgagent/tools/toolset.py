@@ -61,6 +61,20 @@ class ToolResult:
         return text
 
 
+def tools_system_message(engine, specs: list[dict], content: str = "You are a helpful assistant.", *,
+                         parallel: int = 1) -> Message:
+    """A system message offering OpenAI-style function specs.
+
+    A chat template with its own tool support gets the tool list to render its way; otherwise the tools
+    and the call format are written into the message.
+    """
+    how = f"; or a JSON list of up to {parallel} such objects to call several tools at once" if parallel > 1 else ""
+    native = engine.chat_template_has_tools
+    listed = "(listed above)" if native else "\n".join(json.dumps(s["function"]) for s in specs)
+    text = content + "\n\n" + GENERIC_INSTRUCTIONS.format(parallel=how, tools=listed)
+    return Message("system", text, tools=tuple(specs) if native else None)
+
+
 class ToolSet:
     def __init__(self, tools: Iterable, *, timeout: float | None = 30.0, max_result_chars: int | None = 4000):
         self.tools: dict[str, Tool] = {}
@@ -92,17 +106,8 @@ class ToolSet:
         return [t.spec() for t in self]
 
     def system(self, engine, content: str = "You are a helpful assistant.", *, parallel: int = 1) -> Message:
-        """The first system message of a tool-using prompt.
-
-        A chat template with its own tool support gets the tool list to render its way; otherwise the tools
-        and the call format are written into the message.
-        """
-        how = f"; or a JSON list of up to {parallel} such objects to call several tools at once" if parallel > 1 else ""
-        native = engine.chat_template_has_tools
-        listed = "(listed above)" if native else "\n".join(
-            json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}) for t in self)
-        text = content + "\n\n" + GENERIC_INSTRUCTIONS.format(parallel=how, tools=listed)
-        return Message("system", text, tools=tuple(self.specs()) if native else None)
+        """The first system message of a tool-using prompt (see `tools_system_message`)."""
+        return tools_system_message(engine, self.specs(), content, parallel=parallel)
 
     def step_schema(self, *, parallel: int = 1, allow_answer: bool = True, allow_calls: bool = True) -> dict:
         return step_schema(list(self), parallel=parallel, allow_answer=allow_answer, allow_calls=allow_calls)

@@ -63,6 +63,47 @@ def _schema_dict(schema) -> tuple[dict, object]:
     return schema, None
 
 
+def spec_to_regex(spec: dict):
+    """(kind, regex, finish) for one of regex= / json_schema= / choices=."""
+    if len(spec) != 1:
+        raise ConstraintError(f"give one of regex, json_schema, choices (got {sorted(spec)})")
+    kind, value = next(iter(spec.items()))
+    if kind == "regex":
+        if not isinstance(value, str) or not value:
+            raise InvalidRegexError("regex must be a non-empty string")
+        try:
+            py = re.compile(value)
+        except re.error:
+            py = None
+        return kind, value, (lambda text: text if py is None or py.fullmatch(text) else _violation(text, value))
+    if kind == "choices":
+        choices = [str(c) for c in value]
+        if not choices or any(not c for c in choices):
+            raise ConstraintError("choices must be a non-empty list of non-empty strings")
+        regex = "(" + "|".join(escape(c) for c in choices) + ")"
+        return kind, regex, (lambda text: text if text in choices else _violation(text, choices))
+    if kind == "json_schema":
+        schema, model = _schema_dict(value)
+        try:
+            regex = build_regex_from_schema(json.dumps(schema), WHITESPACE)
+        except (ValueError, TypeError) as e:
+            raise UnsupportedSchemaError(f"the schema cannot be expressed as an FSM: {e}") from e
+        validator = jsonschema.validators.validator_for(schema)(schema)
+
+        def finish(text: str):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise SchemaViolationError(f"output is not JSON: {e}") from e
+            errors = sorted(validator.iter_errors(data), key=lambda e: e.path)
+            if errors:
+                raise SchemaViolationError(f"output does not satisfy the schema: {errors[0].message}")
+            return model.model_validate(data) if model is not None else data
+
+        return kind, regex, finish
+    raise ConstraintError(f"unknown constraint {kind!r}")
+
+
 class ConstraintCompiler:
     def __init__(self, tokenizer, eos_ids, config):
         self.vocab = TokenVocab(tokenizer)
@@ -87,44 +128,7 @@ class ConstraintCompiler:
                 "constraint_cache_bytes": self._cache_bytes}
 
     def spec_to_regex(self, spec: dict):
-        """(kind, regex, finish) for one of regex= / json_schema= / choices=."""
-        if len(spec) != 1:
-            raise ConstraintError(f"give one of regex, json_schema, choices (got {sorted(spec)})")
-        kind, value = next(iter(spec.items()))
-        if kind == "regex":
-            if not isinstance(value, str) or not value:
-                raise InvalidRegexError("regex must be a non-empty string")
-            try:
-                py = re.compile(value)
-            except re.error:
-                py = None
-            return kind, value, (lambda text: text if py is None or py.fullmatch(text) else _violation(text, value))
-        if kind == "choices":
-            choices = [str(c) for c in value]
-            if not choices or any(not c for c in choices):
-                raise ConstraintError("choices must be a non-empty list of non-empty strings")
-            regex = "(" + "|".join(escape(c) for c in choices) + ")"
-            return kind, regex, (lambda text: text if text in choices else _violation(text, choices))
-        if kind == "json_schema":
-            schema, model = _schema_dict(value)
-            try:
-                regex = build_regex_from_schema(json.dumps(schema), WHITESPACE)
-            except (ValueError, TypeError) as e:
-                raise UnsupportedSchemaError(f"the schema cannot be expressed as an FSM: {e}") from e
-            validator = jsonschema.validators.validator_for(schema)(schema)
-
-            def finish(text: str):
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise SchemaViolationError(f"output is not JSON: {e}") from e
-                errors = sorted(validator.iter_errors(data), key=lambda e: e.path)
-                if errors:
-                    raise SchemaViolationError(f"output does not satisfy the schema: {errors[0].message}")
-                return model.model_validate(data) if model is not None else data
-
-            return kind, regex, finish
-        raise ConstraintError(f"unknown constraint {kind!r}")
+        return spec_to_regex(spec)
 
     async def compiled(self, kind: str, regex: str) -> CompiledConstraint:
         key = (kind, regex)

@@ -1,0 +1,208 @@
+"""RemoteEngine: the engine surface the primitives use, served by OpenAI-compatible endpoints (our own
+`sgagent serve`, SGLang, vLLM). Programs run on it unchanged: `Program.run(engine=RemoteEngine(...))`.
+
+Prompts are tokenized here with the model's own tokenizer and sent as token ids, so a program's prompt is
+the same token sequence on every backend. Constraints go over the wire in the endpoint's dialect and the
+output is checked here again (a server's bug never reaches the program as valid output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from ..engine.constrained.compiler import _schema_dict, spec_to_regex
+from ..engine.model.source import resolve
+from ..engine.prompts import Prompting
+from ..engine.request import GenerateResult, SamplingParams, Usage, new_request_id
+from ..errors import ConstraintError, IncompleteGenerationError, InvalidPromptError, RemoteError
+from ..log import get_logger
+from .replica import Replica
+from .router import Router
+
+DIALECTS = ("sglang", "vllm", "plain")
+
+
+class RemoteEngine(Prompting):
+    def __init__(self, endpoints: str | list[str], *, model: str | None = None, served_model: str | None = None,
+                 dialect: str | None = None, api_key: str | None = None, timeout: float = 600.0,
+                 retries: int = 3):
+        """endpoints: base URLs ending in /v1 (replicas of one model). model: a local GGUF file or Hugging Face
+        folder with that model's tokenizer (default: the default model). dialect: how constraints are sent
+        (sglang: regex/json_schema fields, also what `sgagent serve` takes; vllm: guided_*; plain: none);
+        by default read from /v1/models."""
+        if dialect is not None and dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}")
+        src = resolve(model)
+        self.model_path = str(src.path)
+        self.model_config = src.config
+        self.tokenizer = src.load_tokenizer()
+        self.max_context = src.config.max_position
+        urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.router = Router([Replica(u, api_key=api_key, timeout=timeout, retries=retries) for u in urls])
+        self.served_model, self.dialect = served_model, dialect
+        self.log = get_logger("sgagent.remote")
+        self.counters = dict.fromkeys(["requests", "finished", "failed", "prompt_tokens", "cached_tokens",
+                                       "completion_tokens"], 0)
+
+    async def __aenter__(self) -> "RemoteEngine":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for r in self.router.replicas:
+            await r.aclose()
+
+    async def _discover(self) -> None:
+        if self.served_model is not None and self.dialect is not None:
+            return
+        models = (await self.router.replicas[0].get("/models")).get("data") or []
+        if not models:
+            raise RemoteError(f"{self.router.replicas[0].base_url}/models lists no model")
+        self.served_model = self.served_model or models[0]["id"]
+        owner = str(models[0].get("owned_by", "")).lower()
+        self.dialect = self.dialect or ("vllm" if owner == "vllm" else "sglang" if owner in ("sglang", "sgagent")
+                                        else "plain")
+
+    def _constraint(self, spec: dict) -> tuple[dict, object]:
+        """(fields for the request body, the local check of the output)."""
+        if not spec:
+            return {}, None
+        kind, regex, finish = spec_to_regex(spec)
+        if self.dialect == "plain":
+            raise ConstraintError(f"this endpoint takes no {kind} constraint (it is not SGLang, vLLM or sgagent)")
+        if kind == "json_schema":
+            schema, _ = _schema_dict(spec["json_schema"])
+            body = {"json_schema": json.dumps(schema)} if self.dialect == "sglang" else {"guided_json": schema}
+        elif kind == "choices" and self.dialect == "vllm":
+            body = {"guided_choice": [str(c) for c in spec["choices"]]}
+        else:
+            body = {"regex": regex} if self.dialect == "sglang" else {"guided_regex": regex}
+        return body, finish
+
+    async def _body(self, ids: list[int], sampling: dict) -> tuple[dict, SamplingParams, object]:
+        await self._discover()
+        spec = {k: sampling.pop(k) for k in ("regex", "json_schema", "choices") if sampling.get(k) is not None}
+        for k in ("regex", "json_schema", "choices"):
+            sampling.pop(k, None)
+        p = SamplingParams(**sampling)
+        if p.stop_token_ids:
+            raise InvalidPromptError("stop_token_ids are not sent to remote endpoints; use stop strings")
+        fields, finish = self._constraint(spec)
+        body = {"model": self.served_model, "prompt": self._wire(ids), "max_tokens": p.max_tokens,
+                "temperature": p.temperature,
+                "top_p": p.top_p, "stop": list(p.stop), **fields}
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.top_k > 0:
+            body["top_k"] = p.top_k
+        if p.min_p > 0:
+            body["min_p"] = p.min_p
+        if p.ignore_eos:
+            body["ignore_eos"] = True
+        if p.logprobs:
+            body["logprobs"] = 1
+        return body, p, finish
+
+    def _wire(self, ids: list[int]):
+        """Token ids where the endpoint takes them (SGLang, vLLM, sgagent); text elsewhere (llama.cpp's server)."""
+        return ids if self.dialect != "plain" else self.tokenizer.decode(ids)
+
+    def _result(self, ids, text: str, reason: str, usage: dict, finish, logprobs=None) -> GenerateResult:
+        if finish is not None and reason == "length":
+            self.counters["failed"] += 1
+            raise IncompleteGenerationError(f"stopped (length) before its constraint was complete: {text[-120:]!r}",
+                                            text=text)
+        parsed = finish(text) if finish is not None else None
+        out_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        completion = (usage or {}).get("completion_tokens", len(out_ids))
+        c = self.counters
+        c["finished"] += 1
+        c["prompt_tokens"] += len(ids)
+        c["cached_tokens"] += cached
+        c["completion_tokens"] += completion
+        return GenerateResult(request_id=new_request_id(), text=text, token_ids=out_ids,
+                              usage=Usage(len(ids), cached, completion), finish_reason=reason or "stop",
+                              logprobs=logprobs, parsed=parsed if finish is not None else None,
+                              decode_steps=completion)
+
+    async def generate(self, prompt=None, *, messages=None, **sampling) -> GenerateResult:
+        ids = self.tokenize(prompt, messages)
+        body, p, finish = await self._body(ids, sampling)
+        self.counters["requests"] += 1
+        t0 = time.perf_counter()
+        out = await self.router.pick().post("/completions", body)
+        choice = out["choices"][0]
+        lps = (choice.get("logprobs") or {}).get("token_logprobs") if p.logprobs else None
+        r = self._result(ids, choice.get("text") or "", choice.get("finish_reason"), out.get("usage"), finish, lps)
+        self.log.debug("remote.generate", prompt_tokens=len(ids), completion_tokens=r.usage.completion_tokens,
+                       ms=round(1000 * (time.perf_counter() - t0), 1))
+        return r
+
+    async def stream(self, prompt=None, *, messages=None, result: list | None = None,
+                     **sampling) -> AsyncIterator[str]:
+        ids = self.tokenize(prompt, messages)
+        body, p, finish = await self._body(ids, sampling)
+        body.update(stream=True, stream_options={"include_usage": True})
+        self.counters["requests"] += 1
+        pieces, reason, usage = [], None, None
+        async for event in self.router.pick().events("/completions", body):
+            usage = event.get("usage") or usage
+            for ch in event.get("choices") or []:
+                if ch.get("text"):
+                    pieces.append(ch["text"])
+                    yield ch["text"]
+                reason = ch.get("finish_reason") or reason
+        r = self._result(ids, "".join(pieces), reason, usage, finish)
+        if result is not None:
+            result.append(r)
+
+    async def score(self, prompt=None, continuations=(), *, messages=None) -> list[list[float]]:
+        """Each continuation's token log-probabilities, from the endpoint's echoed prompt log-probabilities."""
+        await self._discover()
+        base = self.tokenize(prompt, messages)
+        conts = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
+        if any(not c for c in conts):
+            raise InvalidPromptError("a continuation is empty")
+        replica = self.router.pick()  # every choice on one replica: the prefix is computed there once
+
+        async def one(c):
+            body = {"model": self.served_model, "prompt": self._wire(base + c), "temperature": 0.0, "echo": True,
+                    "logprobs": 1, "max_tokens": 0 if self.dialect == "sglang" else 1, "logprob_start": len(base)}
+            lp = (await replica.post("/completions", body))["choices"][0].get("logprobs") or {}
+            values = lp.get("token_logprobs") or []
+            if self.dialect != "plain":
+                out = values[len(base):len(base) + len(c)]
+            else:  # the server tokenized the text itself: take its tokens that spell the continuation
+                out = _tail_spelling(lp.get("tokens") or [], values, self.tokenizer.decode(c),
+                                     len(self.tokenizer.decode(base + c)))
+            if not out or None in out or (self.dialect != "plain" and len(out) != len(c)):
+                raise RemoteError("the endpoint returned no prompt log-probabilities; select needs echo + logprobs")
+            return out
+
+        self.counters["requests"] += len(conts)
+        return list(await asyncio.gather(*(one(c) for c in conts)))
+
+    def stats(self) -> dict:
+        c = dict(self.counters)
+        c["cache_hit_rate"] = c["cached_tokens"] / c["prompt_tokens"] if c["prompt_tokens"] else 0.0
+        c["endpoints"] = {r.base_url: r.in_flight for r in self.router.replicas}
+        return c
+
+
+def _tail_spelling(tokens: list[str], logprobs: list, text: str, prompt_chars: int) -> list | None:
+    """Log-probabilities of the echoed prompt tokens that spell `text` at the end of the prompt."""
+    at, spans = 0, []
+    for t, lp in zip(tokens, logprobs):
+        spans.append((at, at + len(t), lp))
+        at += len(t)
+    start = min(prompt_chars, at) - len(text)
+    picked = [lp for a, b, lp in spans if b > start and a < start + len(text)]
+    if not spans or not any(a == start for a, _, _ in spans):
+        return None  # the continuation does not start on a token boundary there
+    return picked
