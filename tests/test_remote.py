@@ -29,11 +29,19 @@ async def replicas(engine):
     await e.aclose()
 
 
-@pytest.fixture
-async def remote(replicas):
-    r = RemoteEngine([s.url for s in replicas])
+@pytest.fixture(scope="module")
+async def remote_engine(replicas):
+    r = RemoteEngine([s.url for s in replicas])  # loading the tokenizer takes seconds: once per module
     yield r
     await r.aclose()
+
+
+@pytest.fixture
+def remote(remote_engine):
+    served, dialect = remote_engine.served_model, remote_engine.dialect
+    yield remote_engine
+    remote_engine.router.__dict__.pop("pick", None)  # a test may spy on the routing
+    remote_engine.served_model, remote_engine.dialect = served, dialect
 
 
 async def run_recipes(backend):

@@ -200,10 +200,10 @@ async def test_hundreds_of_concurrent_requests_none_lost(live):
     try:
         rs = await asyncio.gather(*(c.completions.create(model=MODEL, prompt=f"Item {i}: the number {i * 7} is",
                                                          max_tokens=3, temperature=0, extra_body={"ignore_eos": True})
-                                    for i in range(240)))
+                                    for i in range(200)))
     finally:
         await c.close()
-    assert len(rs) == 240 and all(r.usage.completion_tokens == 3 and r.choices[0].text for r in rs)
+    assert len(rs) == 200 and all(r.usage.completion_tokens == 3 and r.choices[0].text for r in rs)
     await settle(live.engine)
 
 
