@@ -123,6 +123,13 @@ async def test_compiled_indexes_are_cached_and_shared(e):
         assert other.stats()["constraint_compiles"] == s["constraint_compiles"]
     finally:
         await other.aclose()
+    # different constraint settings (here the time limit) get a compiler of their own
+    own = e.with_config(constraint_compile_timeout=5.0)
+    try:
+        await own.generate("Value: ", json_schema=schema, max_tokens=12, temperature=0)
+        assert own.stats()["constraint_compiles"] == 1
+    finally:
+        await own.aclose()
 
 
 async def test_batch_mask_equals_fsm_allowed_set(e):

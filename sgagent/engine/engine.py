@@ -89,7 +89,7 @@ class Engine(Prompting):
 
     def with_config(self, **overrides) -> "Engine":
         """A second engine on the same loaded weights and tokenizer, with its own KV pool and scheduler;
-        compiled constraints come from this engine's cache while it is open.
+        compiled constraints come from this engine's cache while it is open (and constraint_* settings match).
 
         dtype and device must stay the same (the weights are shared as they are).
         """
@@ -192,14 +192,19 @@ class Engine(Prompting):
         return self._make_req(prompt, messages, params, stream, logprob_start, constraint)
 
     def _compiler(self, build: bool = True):
-        """The constraint compiler in use: the with_config source's while it is open, else this engine's own."""
-        if self._parent is not None and not self._parent._closed:
+        """The constraint compiler in use: the with_config source's while it is open and configured alike,
+        else this engine's own."""
+        if self._parent is not None and not self._parent._closed and self._same_constraint_config(self._parent):
             return self._parent._compiler(build)
         if self._constraints is None and build:
             from .constrained import ConstraintCompiler
 
             self._constraints = ConstraintCompiler(self.tokenizer, self.eos_ids, self.config)
         return self._constraints
+
+    def _same_constraint_config(self, other: "Engine") -> bool:
+        return all(getattr(self.config, f.name) == getattr(other.config, f.name)
+                   for f in dataclasses.fields(self.config) if f.name.startswith("constraint_"))
 
     async def _constraint_state(self, spec: dict):
         return await self._compiler().state_for(spec)
