@@ -9,19 +9,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmarks_produce_ratios(tmp_path):
+def test_constrained_decoding_benchmark_produces_its_numbers(tmp_path):
     out = tmp_path / "results.jsonl"
     env = {**os.environ, "SGAGENT_BENCH_OUT": str(out)}
-    # radix on/off is covered by the paper suite's smoke below (every workload, with and without reuse)
-    for args in (["bench.constrained_decoding", "--small", "--runs", "1"],
-                 ["bench.primitives_vs_generate", "--small", "--runs", "1"]):
-        subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, check=True, timeout=900,
-                       stdout=subprocess.DEVNULL)
+    # radix on/off and programs vs plain calls are covered by the paper suite's smoke below (every workload,
+    # every system), which keeps the CI time in bounds
+    subprocess.run([sys.executable, "-m", "bench.constrained_decoding", "--small", "--runs", "1"], cwd=ROOT,
+                   env=env, check=True, timeout=900, stdout=subprocess.DEVNULL)
     rows = {r["bench"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["json_extraction_jump_forward"]["fewer_decode_steps"] >= 1.0
     assert rows["mask_overhead"]["us_per_seq_b32"] > 0
     assert rows["index_compile"]["compiled"] > 0
-    assert rows["primitives_few_shot"]["speedup"] > 0 and rows["primitives_tree_of_thought"]["speedup"] > 0
 
 
 def test_paper_suite_produces_programs_ratios_and_files(tmp_path):

@@ -9,7 +9,7 @@ from ..errors import IncompleteGenerationError
 from ..tools.schema import FINAL, step_schema
 from ..tools.toolset import tools_system_message
 from .errors import APIError
-from .protocol import ChatCompletionRequest, Sampling
+from .protocol import ChatCompletionRequest, NamedToolChoice, Sampling
 
 
 def sampling_kwargs(req: Sampling, max_tokens: int, logprobs: bool = False) -> dict:
@@ -61,7 +61,7 @@ class ToolPlan:
         if len(set(names)) != len(names) or FINAL in names:
             raise APIError(400, f"tool names must be unique and not {FINAL!r}", param="tools")
         offered = req.tools
-        if isinstance(req.tool_choice, dict) or hasattr(req.tool_choice, "function"):
+        if isinstance(req.tool_choice, NamedToolChoice):
             wanted = req.tool_choice.function.get("name")
             offered = [t for t in req.tools if t.function.name == wanted]
             if not offered:
