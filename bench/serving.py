@@ -7,7 +7,6 @@ python -m bench.serving [--runs 3] [--small]
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import sgagent
 
@@ -16,10 +15,9 @@ from .common import cli, machine, on_fresh_engine, report, timed
 
 async def main(runs: int, small: bool) -> None:
     import openai
-    import uvicorn
 
     from sgagent.remote import RemoteEngine
-    from sgagent.server import create_app
+    from sgagent.server import free_port, start
     from recipes import judge
 
     print(f"# serving on {machine()}")
@@ -30,26 +28,19 @@ async def main(runs: int, small: bool) -> None:
     async def direct(e):
         await asyncio.gather(*(e.generate(p, max_tokens=new, temperature=0, ignore_eos=True) for p in prompts))
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     remote = RemoteEngine(f"http://127.0.0.1:{port}/v1")  # its tokenizer loads once, outside the timing
 
     async def over_http(e):
-        server = uvicorn.Server(uvicorn.Config(create_app(e, model="m"), host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        server = await start(e, port=port, model="m")
+        client = openai.AsyncOpenAI(base_url=server.url, api_key="-", max_retries=0)
         try:
             await asyncio.gather(*(client.completions.create(model="m", prompt=p, max_tokens=new, temperature=0,
                                                              extra_body={"ignore_eos": True}) for p in prompts))
             await judge.judged.run(engine=remote, question="Why is the sky blue?", criteria=judge.CRITERIA[:2])
         finally:
             await client.close()
-            server.should_exit = True
-            await task
+            await server.stop()
 
     async def embedded_program(e):
         await direct(e)

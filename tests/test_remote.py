@@ -15,7 +15,7 @@ from sgagent.remote import RemoteEngine, Router
 from sgagent.remote.replica import Replica
 
 from recipes import few_shot_qa, json_extraction, judge, skeleton_of_thought
-from serving import free_port, start
+from sgagent.server import free_port, start
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from sgagent import cli
 
 from conftest import settle
-from serving import start
+from sgagent.server import start
 
 MODEL = "smol"
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from abc import ABC, abstractmethod
 
 import anyio
 
 from sgagent.engine.output import OutputText
-from sgagent.engine.request import GenerateResult, SamplingParams, Usage
+from sgagent.engine.request import GenerateResult, SamplingParams, Usage, split_sampling
 from sgagent.errors import IncompleteGenerationError, InvalidPromptError
 
 _ids = itertools.count()
 
 
-class SerialBackend:
+class SerialBackend(ABC):
     name = "serial"
 
     def __init__(self, engine):
@@ -57,10 +58,7 @@ class SerialBackend:
 
     # -- requests, one at a time -----------------------------------------------------------------
     async def generate(self, prompt=None, *, messages=None, **sampling) -> GenerateResult:
-        spec = {k: sampling.pop(k) for k in ("regex", "json_schema", "choices") if sampling.get(k) is not None}
-        for k in ("regex", "json_schema", "choices"):
-            sampling.pop(k, None)
-        params = SamplingParams(**sampling)
+        params, spec = split_sampling(sampling)
         ids = self.tokenize(prompt, messages)
         if not ids:
             raise InvalidPromptError("the prompt is empty")
@@ -108,9 +106,10 @@ class SerialBackend:
                               decode_steps=len(out_ids))
 
     # -- what a library fills in (run in a worker thread, one at a time) -------------------------
+    @abstractmethod
     def _generate(self, ids: list[int], params: SamplingParams, constraint) -> tuple[list[int], int]:
         """Output token ids (an EOS included if one ended it) and how many prompt tokens were reused."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _score(self, base: list[int], conts: list[list[int]]) -> tuple[list[list[float]], int]:
-        raise NotImplementedError
+        """Each continuation's token log-probabilities after `base`, and how many prompt tokens were reused."""

@@ -28,7 +28,7 @@ from .config import EngineConfig
 from .model.source import resolve
 from .output import OutputText
 from .prompts import Prompting
-from .request import GenerateResult, SamplingParams, Usage, new_request_id
+from .request import GenerateResult, SamplingParams, Usage, new_request_id, split_sampling
 from .runner import ModelRunner
 from .scheduler import Req, Scheduler, StepPlan
 
@@ -181,14 +181,8 @@ class Engine(Prompting):
                 self.abort(req)
 
     async def _prepare(self, prompt, messages, sampling: dict, stream: bool, logprob_start=None) -> Req:
-        constraint = None
-        keys = ("regex", "json_schema", "choices")
-        spec = {k: sampling.pop(k) for k in keys if sampling.get(k) is not None}
-        for k in keys:
-            sampling.pop(k, None)
-        params = SamplingParams(**sampling)
-        if spec:
-            constraint = await self._constraint_state(spec)
+        params, spec = split_sampling(sampling)
+        constraint = await self._constraint_state(spec) if spec else None
         return self._make_req(prompt, messages, params, stream, logprob_start, constraint)
 
     def _compiler(self, build: bool = True):

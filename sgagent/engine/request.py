@@ -11,6 +11,17 @@ from ..errors import InvalidSamplingParamsError
 _ids = itertools.count()
 
 
+CONSTRAINT_KEYS = ("regex", "json_schema", "choices")
+
+
+def split_sampling(sampling: dict) -> tuple["SamplingParams", dict]:
+    """Sampling keywords as SamplingParams, and the constraint among them ({} for none, else one of
+    regex / json_schema / choices); keywords given as None count as absent."""
+    rest = {k: v for k, v in sampling.items() if k not in CONSTRAINT_KEYS}
+    spec = {k: sampling[k] for k in CONSTRAINT_KEYS if sampling.get(k) is not None}
+    return SamplingParams(**rest), spec
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 128

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from ..engine.constrained.compiler import _schema_dict, spec_to_regex
 from ..engine.model.source import resolve
 from ..engine.prompts import Prompting
-from ..engine.request import GenerateResult, SamplingParams, Usage, new_request_id
+from ..engine.request import GenerateResult, SamplingParams, Usage, new_request_id, split_sampling
 from ..errors import ConstraintError, IncompleteGenerationError, InvalidPromptError, RemoteError
 from ..log import get_logger
 from .replica import Replica
@@ -86,10 +86,7 @@ class RemoteEngine(Prompting):
 
     async def _body(self, ids: list[int], sampling: dict) -> tuple[dict, SamplingParams, object]:
         await self._discover()
-        spec = {k: sampling.pop(k) for k in ("regex", "json_schema", "choices") if sampling.get(k) is not None}
-        for k in ("regex", "json_schema", "choices"):
-            sampling.pop(k, None)
-        p = SamplingParams(**sampling)
+        p, spec = split_sampling(sampling)
         if p.stop_token_ids:
             raise InvalidPromptError("stop_token_ids are not sent to remote endpoints; use stop strings")
         fields, finish = self._constraint(spec)

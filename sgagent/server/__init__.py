@@ -1,5 +1,6 @@
 """An OpenAI-compatible server over the embedded engine: `sgagent serve`, or `create_app(engine)` for ASGI."""
 
 from .app import create_app, serve
+from .background import LiveServer, free_port, start
 
-__all__ = ["create_app", "serve"]
+__all__ = ["LiveServer", "create_app", "free_port", "serve", "start"]

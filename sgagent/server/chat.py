@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from ..errors import IncompleteGenerationError
 from .errors import APIError
 from .generation import (ToolPlan, branch_kwargs, constraint, generate_choice, normalize_messages,
-                         sampling_kwargs)
+                         sampling_kwargs, usage)
 from .protocol import ChatCompletionRequest
 from .streaming import cancel_on_disconnect, engine_stream, error_event, merged, sse
 
@@ -21,9 +21,7 @@ def _usage(results) -> dict:
     done = [r for r in results if not isinstance(r, IncompleteGenerationError)]
     prompt = done[0].usage.prompt_tokens if done else 0
     completion = sum(r.usage.completion_tokens for r in done)
-    cached = max((r.usage.cached_tokens for r in done), default=0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return usage(prompt, completion, max((r.usage.cached_tokens for r in done), default=0))
 
 
 def _logprobs(engine, r) -> dict | None:
@@ -86,9 +84,9 @@ async def chat_completions(engine, model: str, req: ChatCompletionRequest, reque
     for i, r in enumerate(results):
         msg, reason = _message(r, plan)
         choices.append({"index": i, "message": msg, "logprobs": _logprobs(engine, r), "finish_reason": reason})
-    usage = _usage(results)
-    metrics.tokens(usage)
-    return {**head, "object": "chat.completion", "choices": choices, "usage": usage}
+    totals = _usage(results)
+    metrics.tokens(totals)
+    return {**head, "object": "chat.completion", "choices": choices, "usage": totals}
 
 
 async def _all(engine, ids, kwargs, spec, n):
@@ -115,8 +113,8 @@ async def _events(engine, ids, kwargs, spec, n, plan, head, include_usage, metri
             if "tool_calls" in delta:
                 delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(delta["tool_calls"])]
             yield sse({**chunk, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]})
-    usage = _usage(ends)
-    metrics.tokens(usage)
+    totals = _usage(ends)
+    metrics.tokens(totals)
     if include_usage:
-        yield sse({**chunk, "choices": [], "usage": usage})
+        yield sse({**chunk, "choices": [], "usage": totals})
     yield "data: [DONE]\n\n"

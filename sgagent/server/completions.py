@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from ..errors import IncompleteGenerationError
 from .errors import APIError
-from .generation import branch_kwargs, constraint, sampling_kwargs
+from .generation import branch_kwargs, constraint, generate_choice, sampling_kwargs, usage
 from .protocol import CompletionRequest
 from .streaming import cancel_on_disconnect, engine_stream, error_event, merged, sse
 
@@ -59,16 +59,12 @@ async def completions(engine, model: str, req: CompletionRequest, request: Reque
             raise APIError(400, "echo and prompt log-probabilities are not streamed", param="stream")
         return StreamingResponse(_events(engine, jobs, spec, head, metrics), media_type="text/event-stream")
 
-    async def one(ids, kw):
+    for ids, _ in jobs:
         if start is not None and not 1 <= start <= len(ids):
             raise APIError(400, f"logprob_start must be within 1..{len(ids)}", param="logprob_start")
-        try:
-            return await engine.generate(ids, logprob_start=start, **kw, **spec)
-        except IncompleteGenerationError as e:
-            return e
-
-    results = await cancel_on_disconnect(request, asyncio.gather(*(one(p, kw) for p, kw in jobs)))
-    choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+    results = await cancel_on_disconnect(request, asyncio.gather(
+        *(generate_choice(engine, p, {**kw, "logprob_start": start}, spec) for p, kw in jobs)))
+    choices, prompt, completion, cached = [], 0, 0, 0
     for i, ((ids, _), r) in enumerate(zip(jobs, results)):
         if isinstance(r, IncompleteGenerationError):
             choices.append({"index": i, "text": r.text, "logprobs": None, "finish_reason": "length"})
@@ -80,12 +76,10 @@ async def completions(engine, model: str, req: CompletionRequest, request: Reque
             choice["prompt_logprobs"] = r.prompt_logprobs
         choices.append(choice)
         if i % req.n == 0:
-            usage["prompt_tokens"] += r.usage.prompt_tokens
-        usage["completion_tokens"] += r.usage.completion_tokens
-        usage["cached_tokens"] += r.usage.cached_tokens
-    out_usage = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-                 "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
-                 "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]}}
+            prompt += r.usage.prompt_tokens
+        completion += r.usage.completion_tokens
+        cached += r.usage.cached_tokens
+    out_usage = usage(prompt, completion, cached)
     metrics.tokens(out_usage)
     return {**head, "object": "text_completion", "choices": choices, "usage": out_usage}
 
@@ -103,5 +97,5 @@ async def _events(engine, jobs, spec, head, metrics):
             completion += value.usage.completion_tokens if done else 0
             yield sse({**chunk, "choices": [{"index": i, "text": "", "logprobs": None,
                                              "finish_reason": value.finish_reason if done else "length"}]})
-    metrics.tokens({"prompt_tokens": 0, "completion_tokens": completion, "prompt_tokens_details": {}})
+    metrics.tokens(usage(0, completion, 0))
     yield "data: [DONE]\n\n"

@@ -125,3 +125,9 @@ async def generate_choice(engine, ids: list[int], kwargs: dict, spec: dict):
 def branch_kwargs(kwargs: dict, i: int) -> dict:
     """Branch i of n: its own seed, so seeded sampled branches differ (greedy ones are equal anyway)."""
     return kwargs if kwargs.get("seed") is None or i == 0 else {**kwargs, "seed": kwargs["seed"] + i}
+
+
+def usage(prompt: int, completion: int, cached: int) -> dict:
+    """The API's usage object."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}

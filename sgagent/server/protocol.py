@@ -26,6 +26,7 @@ class Sampling(_Body):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: dict | None = None
     ignore_eos: bool = False
     regex: str | None = None
     guided_regex: str | None = None
@@ -70,7 +71,6 @@ class ChatCompletionRequest(Sampling):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
-    stream_options: dict | None = None
 
 
 class CompletionRequest(Sampling):
@@ -78,4 +78,3 @@ class CompletionRequest(Sampling):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     logprob_start: int | None = Field(default=None, ge=0)
-    stream_options: dict | None = None

@@ -1,4 +1,4 @@
-"""A live `sgagent serve` app on a loopback port, inside the test's event loop (shared by server/remote tests)."""
+"""A server running as a task of the caller's event loop (tests, benchmarks, notebooks), ready when returned."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from sgagent.server import create_app
+from .app import create_app
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -33,8 +34,9 @@ class LiveServer:
         await self.task
 
 
-async def start(engine, **app_options) -> LiveServer:
-    port = free_port()
+async def start(engine, port: int | None = None, **app_options) -> LiveServer:
+    """Serve `engine` on 127.0.0.1 (a free port unless given); `await server.stop()` ends it."""
+    port = port or free_port()
     config = uvicorn.Config(create_app(engine, **app_options), host="127.0.0.1", port=port, log_level="warning",
                             lifespan="off")
     server = uvicorn.Server(config)
