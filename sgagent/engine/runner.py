@@ -44,7 +44,8 @@ class ModelRunner:
             model = model.to_device(self.device, self.dtype).eval()
         self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
-        self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype)
+        self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
+                                 cfg.shared_prefix_attention)
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32):
+def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32, share_prefixes=True):
     if name == "auto":
         # flashinfer's kernels take half-precision inputs only
         half = dtype in (torch.float16, torch.bfloat16)
@@ -13,7 +13,7 @@ def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=to
     if name == "torch":
         from .torch_backend import TorchAttention
 
-        return TorchAttention(pool)
+        return TorchAttention(pool, share_prefixes)
     if name == "flashinfer":
         from .flashinfer_backend import FlashInferAttention
 

@@ -1,0 +1,69 @@
+"""Which decodes of a step share a prefix of KV pages, so its attention is computed once for all of them.
+
+Sequences that share a prefix through the radix tree point at the same physical pages. Attending to
+those pages once per group (queries of every member stacked) and merging with each member's own tail
+by log-sum-exp gives the same result as attending per sequence, without gathering the shared K/V once
+per member: on a CPU that gather, not the arithmetic, is most of a decode step's attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# What a group costs beyond its tokens (two extra attention calls and the merge), in gathered tokens:
+# groups smaller than this saving are not worth forming.
+GROUP_OVERHEAD_TOKENS = 256
+
+
+@dataclass
+class PrefixGroup:
+    members: list[int]  # positions in the decode list
+    pages: int  # leading pages every member shares
+
+
+def _common_pages(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def prefix_groups(page_tables: Sequence[Sequence[int]], kv_lens: Sequence[int], page_size: int) -> list[PrefixGroup]:
+    """Partition sequences into groups sharing leading pages, minimising the tokens gathered.
+
+    Sequences sorted by page table put every group's members next to each other, so the best
+    partition is a split of that order into runs; found by dynamic programming over run ends.
+    A sequence's last (partly written) page is never counted as shared: only full pages are.
+    """
+    n = len(page_tables)
+    if n < 2:
+        return []
+    order = sorted(range(n), key=lambda i: page_tables[i])
+    full = [(kv_lens[i] - 1) // page_size for i in order]  # pages before the one holding the newest token
+    adj = [
+        _common_pages(page_tables[order[j]], page_tables[order[j + 1]], min(full[j], full[j + 1]))
+        for j in range(n - 1)
+    ]
+    lens = [kv_lens[i] for i in order]
+    best = [0] * (n + 1)
+    cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its shared pages)
+    for j in range(1, n + 1):
+        best[j], cut[j] = best[j - 1] + lens[j - 1], (j - 1, 0)
+        shared, total = 1 << 30, lens[j - 1]
+        for i in range(j - 2, -1, -1):  # run order[i:j]
+            shared = min(shared, adj[i])
+            if shared == 0:
+                break
+            total += lens[i]
+            cost = best[i] + GROUP_OVERHEAD_TOKENS + total - (j - i - 1) * shared * page_size
+            if cost < best[j]:
+                best[j], cut[j] = cost, (i, shared)
+    groups = []
+    j = n
+    while j > 0:
+        i, shared = cut[j]
+        if shared:
+            groups.append(PrefixGroup(sorted(order[i:j]), shared))
+        j = i
+    return groups
