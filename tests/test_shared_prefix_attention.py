@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from sgagent.engine.attention import lse, prefix_groups as pg
 from sgagent.engine.attention.prefix_groups import prefix_groups
-from sgagent.engine.attention.torch_backend import TorchAttention
+from sgagent.engine.attention.torch_backend import SHORT_QUERIES, TorchAttention
 from sgagent.engine.batch import ForwardBatch
 
 PS, HKV, H, D = 4, 2, 6, 8
@@ -31,7 +31,7 @@ def random_tables(rng: random.Random, n: int, pool_pages: int):
     for _ in range(n):
         trunk = rng.choice(trunks)
         shared = trunk[: rng.randint(0, len(trunk))]
-        own = rng.randint(1, 4 * PS)  # tokens after the shared pages, the newest among them
+        own = rng.randint(1, 6 * PS)  # tokens after the shared pages, the newest among them
         tables.append(shared + [free.pop() for _ in range((own + PS - 1) // PS)])
         lens.append(len(shared) * PS + own)
         owns.append(own)
@@ -51,7 +51,7 @@ def reference(pool: Pool, q: torch.Tensor, pages: list[int], kv_len: int, q_len:
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["cpu-flash", "matmul"])
 @pytest.mark.parametrize("seed", range(12))
-def test_decodes_and_extends_match_a_per_sequence_reference(seed, fallback, monkeypatch):
+def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallback, monkeypatch):
     if fallback:
         monkeypatch.setattr(lse, "_cpu_flash", None)
     monkeypatch.setattr(pg, "GROUP_OVERHEAD_TOKENS", 0)  # group whatever is shared, however little
@@ -60,8 +60,8 @@ def test_decodes_and_extends_match_a_per_sequence_reference(seed, fallback, monk
     tables, lens, owns = random_tables(rng, rng.randint(2, 12), 256)
     batch = ForwardBatch()
     for t, n, own in zip(tables, lens, owns):
-        # mostly decodes, some prefill chunks; new tokens only ever go to a sequence's own pages
-        q_len = 1 if rng.random() < 0.7 else rng.randint(1, own)
+        # decodes, short appends (jump-forward) and longer prefill chunks; new tokens only go to own pages
+        q_len = rng.choice([1, 1, 1, rng.randint(1, min(own, 5)), rng.randint(1, own)])
         batch.add([0] * q_len, n - q_len, t)
     T = batch.num_tokens
     q = torch.randn(T, H, D)
@@ -69,9 +69,9 @@ def test_decodes_and_extends_match_a_per_sequence_reference(seed, fallback, monk
     attn = TorchAttention(pool, share_prefixes=True)
     meta = attn.prepare(batch, torch.device("cpu"))
     out = attn(0, q, k, v, meta)  # writes this step's k/v into the pool first, as the model does
-    decodes = [s for s in batch.seqs if s.q_len == 1]
-    sharing = any(a.pages[0] == b.pages[0] and min(a.kv_len, b.kv_len) > PS
-                  for i, a in enumerate(decodes) for b in decodes[i + 1 :])
+    short = [s for s in batch.seqs if s.q_len <= SHORT_QUERIES]
+    sharing = any(a.pages[0] == b.pages[0] and min(a.prefix_len, b.prefix_len) >= PS
+                  for i, a in enumerate(short) for b in short[i + 1 :])
     assert bool(meta.groups) == sharing
     for s in batch.seqs:
         want = reference(pool, q[s.row : s.row + s.q_len], s.pages, s.kv_len, s.q_len)

@@ -1,9 +1,10 @@
 """Attention in plain torch over the paged pool (CPU and any device).
 
-K/V are gathered page by page (a page is one contiguous block of the pool). Decodes run as one padded
-call over each sequence's own pages; prefixes that several decodes share through the radix tree are
-attended once per group and merged in (see prefix_groups). Extends (prefill chunks) run one call each,
-since their query lengths differ and padding them together wastes more than it saves.
+K/V are gathered page by page (a page is one contiguous block of the pool). Short sequences of a step
+(decodes, and the few tokens a jump-forward appends) run as one padded call over each sequence's own
+pages; prefixes that several of them share through the radix tree are attended once per group and
+merged in (see prefix_groups). Longer extends (prefill chunks) run one call each, since their query
+lengths differ and padding them together wastes more than it saves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 from ..batch import ForwardBatch
 from .lse import attend, merge
 from .prefix_groups import prefix_groups
+
+# queries per sequence up to which it joins the padded batch (decodes are 1; jump-forward appends a few)
+SHORT_QUERIES = 16
 
 
 @dataclass
@@ -35,10 +39,11 @@ class _Group:
 @dataclass
 class TorchMeta:
     slot_mapping: torch.Tensor
-    decode_rows: torch.Tensor | None = None
-    decode_all: bool = False  # every row is a decode, in order: no gather/scatter of rows needed
-    decode_pages: torch.Tensor | None = None  # [B, P] each decode's unshared pages, padded with page 0
-    decode_mask: torch.Tensor | None = None  # [B, 1, 1, P * page_size]
+    short_rows: torch.Tensor | None = None  # [B, Q] token row of each query, padded with the last one
+    short_valid: torch.Tensor | None = None  # [B * Q] bool: which of those are real queries
+    short_all: bool = False  # every row is a decode, in order: no gather/scatter of rows needed
+    short_pages: torch.Tensor | None = None  # [B, P] each sequence's unshared pages, padded with page 0
+    short_mask: torch.Tensor | None = None  # [B, 1, Q, P * page_size]
     groups: list[_Group] = field(default_factory=list)
     extends: list[_Extend] = field(default_factory=list)
 
@@ -59,13 +64,13 @@ class TorchAttention:
     def prepare(self, batch: ForwardBatch, device) -> TorchMeta:
         ps = self.pool.page_size
         slot_mapping = []
-        decodes, extends = [], []
+        short, extends = [], []
         for s in batch.seqs:
             slot_mapping.extend(_slots(s.pages, s.prefix_len, s.kv_len, ps))
-            (decodes if s.q_len == 1 else extends).append(s)
+            (short if s.q_len <= SHORT_QUERIES else extends).append(s)
         meta = TorchMeta(torch.tensor(slot_mapping, dtype=torch.long, device=device))
-        if decodes:
-            self._prepare_decodes(meta, decodes, len(batch.seqs), device)
+        if short:
+            self._prepare_short(meta, short, len(batch.seqs), device)
         for s in extends:
             if s.prefix_len == 0:
                 meta.extends.append(_Extend(s.row, s.q_len, None, None))
@@ -76,27 +81,34 @@ class TorchAttention:
             meta.extends.append(_Extend(s.row, s.q_len, torch.tensor(s.pages[:n], device=device), mask))
         return meta
 
-    def _prepare_decodes(self, meta: TorchMeta, decodes, num_seqs: int, device) -> None:
+    def _prepare_short(self, meta: TorchMeta, seqs, num_seqs: int, device) -> None:
         ps = self.pool.page_size
-        skip = [0] * len(decodes)  # leading pages attended through a group
+        skip = [0] * len(seqs)  # leading pages attended through a group
         if self.share_prefixes:
-            for g in prefix_groups([s.pages for s in decodes], [s.kv_len for s in decodes], ps):
-                first = decodes[g.members[0]]
+            # a group's pages must lie before every query: cap by the first new token's position
+            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len + 1 for s in seqs], ps):
                 meta.groups.append(_Group(torch.tensor(g.members, device=device),
-                                          torch.tensor(first.pages[: g.pages], device=device)))
+                                          torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
                 for m in g.members:
                     skip[m] = g.pages
-        own = [s.kv_len - skip[i] * ps for i, s in enumerate(decodes)]
+        own = [s.kv_len - skip[i] * ps for i, s in enumerate(seqs)]
         width = max(_npages(n, ps) for n in own)
-        pages = torch.zeros((len(decodes), width), dtype=torch.long)
-        for i, s in enumerate(decodes):
+        nq = max(s.q_len for s in seqs)
+        pages = torch.zeros((len(seqs), width), dtype=torch.long)
+        rows = torch.zeros((len(seqs), nq), dtype=torch.long)
+        last_key = torch.zeros((len(seqs), nq), dtype=torch.long)  # own-relative position of each query
+        for i, s in enumerate(seqs):
             tail = s.pages[skip[i] : skip[i] + _npages(own[i], ps)]
             pages[i, : len(tail)] = torch.tensor(tail)
-        meta.decode_pages = pages.to(device)
-        mask = torch.arange(width * ps)[None, :] < torch.tensor(own)[:, None]
-        meta.decode_mask = mask[:, None, None, :].to(device)
-        meta.decode_rows = torch.tensor([s.row for s in decodes], dtype=torch.long, device=device)
-        meta.decode_all = len(decodes) == num_seqs
+            qi = torch.arange(nq).clamp(max=s.q_len - 1)  # padding repeats the last query
+            rows[i] = s.row + qi
+            last_key[i] = own[i] - s.q_len + qi
+        meta.short_pages = pages.to(device)
+        mask = torch.arange(width * ps)[None, None, :] <= last_key[:, :, None]
+        meta.short_mask = mask[:, None].to(device)
+        meta.short_rows = rows.to(device)
+        meta.short_valid = (torch.arange(nq)[None, :] < torch.tensor([s.q_len for s in seqs])[:, None]).reshape(-1).to(device)
+        meta.short_all = nq == 1 and len(seqs) == num_seqs
 
     def _gather(self, cache: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
         """cache [slots, Hkv, D], pages [..., P] -> [..., Hkv, P * page_size, D]."""
@@ -104,24 +116,26 @@ class TorchAttention:
         blocks = cache.view(-1, ps, *cache.shape[1:]).index_select(0, pages.reshape(-1))
         return blocks.view(*pages.shape[:-1], pages.shape[-1] * ps, *cache.shape[1:]).transpose(-3, -2)
 
-    def _decode(self, kc, vc, q: torch.Tensor, meta: TorchMeta) -> torch.Tensor:
-        """q [B, H, D] of the decode rows -> [B, H, D]."""
-        B, H, D = q.shape
+    def _short(self, kc, vc, q: torch.Tensor, meta: TorchMeta) -> torch.Tensor:
+        """q [B, Q, H, D] of the short sequences' queries -> [B, Q, H, D]."""
+        B, Q, H, D = q.shape
         hkv = kc.shape[1]
-        qg = q.view(B, hkv, H // hkv, D)  # query heads of one K/V head as rows of that head
-        kd, vd = self._gather(kc, meta.decode_pages), self._gather(vc, meta.decode_pages)
-        out, lse = attend(qg, kd, vd, meta.decode_mask)
-        if not meta.groups:
-            return out.reshape(B, H, D)
-        shared_o = torch.zeros_like(out)
-        shared_lse = torch.full_like(lse, float("-inf"))
-        for g in meta.groups:
-            n = len(g.members)
-            qs = qg.index_select(0, g.members).transpose(0, 1).reshape(1, hkv, n * (H // hkv), D)
-            o, l = attend(qs, self._gather(kc, g.pages[None]), self._gather(vc, g.pages[None]))
-            shared_o[g.members] = o[0].view(hkv, n, H // hkv, D).transpose(0, 1)
-            shared_lse[g.members] = l[0].view(hkv, n, H // hkv).transpose(0, 1)
-        return merge(shared_o, shared_lse, out, lse).reshape(B, H, D)
+        r = (H // hkv) * Q  # query rows per K/V head: its grouped heads at every position
+        qg = q.view(B, Q, hkv, H // hkv, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, r, D)
+        mask = meta.short_mask.expand(B, H // hkv, Q, -1).reshape(B, 1, r, -1) if Q > 1 else meta.short_mask
+        kd, vd = self._gather(kc, meta.short_pages), self._gather(vc, meta.short_pages)
+        out, lse = attend(qg, kd, vd, mask)
+        if meta.groups:
+            shared_o = torch.zeros_like(out)
+            shared_lse = torch.full_like(lse, float("-inf"))
+            for g in meta.groups:
+                n = len(g.members)
+                qs = qg.index_select(0, g.members).transpose(0, 1).reshape(1, hkv, n * r, D)
+                o, l = attend(qs, self._gather(kc, g.pages[None]), self._gather(vc, g.pages[None]))
+                shared_o[g.members] = o[0].view(hkv, n, r, D).transpose(0, 1)
+                shared_lse[g.members] = l[0].view(hkv, n, r).transpose(0, 1)
+            out = merge(shared_o, shared_lse, out, lse)
+        return out.view(B, hkv, H // hkv, Q, D).permute(0, 3, 1, 2, 4).reshape(B, Q, H, D)
 
     def __call__(self, layer: int, q, k, v, meta: TorchMeta) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, H*D]."""
@@ -129,14 +143,12 @@ class TorchAttention:
         kc[meta.slot_mapping] = k
         vc[meta.slot_mapping] = v
         T, H, D = q.shape
-        if meta.decode_rows is not None:
-            od = self._decode(kc, vc, q if meta.decode_all else q[meta.decode_rows], meta)
-            if meta.decode_all:
-                return od.reshape(T, H * D)
-            out = q.new_empty((T, H, D))
-            out[meta.decode_rows] = od
-        else:
-            out = q.new_empty((T, H, D))
+        if meta.short_all:
+            return self._short(kc, vc, q[:, None], meta).reshape(T, H * D)
+        out = q.new_empty((T, H, D))
+        if meta.short_rows is not None:
+            o = self._short(kc, vc, q[meta.short_rows], meta).reshape(-1, H, D)
+            out[meta.short_rows.reshape(-1)[meta.short_valid]] = o[meta.short_valid]
         for e in meta.extends:
             qe = q[e.row : e.row + e.q_len].transpose(0, 1)[None]  # [1, H, q, D]
             if e.kv_pages is None:
