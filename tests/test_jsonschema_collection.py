@@ -32,7 +32,7 @@ def test_collection_is_present():
 async def test_coverage(suite):
     _, rs = suite
     compiled = [r for r in rs if r.compiled]
-    assert len(compiled) / len(rs) >= 0.70, len(compiled)  # 79% over the whole folder at a 20 s limit
+    assert len(compiled) / len(rs) >= 0.70, len(compiled)  # 80% over the whole folder at a 20 s limit
     # what does not compile fails with a typed error naming why, never a hang
     assert all(r.error and r.seconds < 30 for r in rs if not r.compiled)
 
@@ -42,7 +42,7 @@ async def test_soundness_valid_instances_are_accepted(suite):
     compiled = [r for r in rs if r.compiled and r.valid]
     accepted = sum(r.valid_accepted for r in compiled)
     total = sum(r.valid for r in compiled)
-    assert accepted / total >= 0.85, (accepted, total)  # 89% over the whole folder (bench/RESULTS.md)
+    assert accepted / total >= 0.85, (accepted, total)  # 92% over the whole folder (bench/RESULTS.md)
 
 
 async def test_strictness_invalid_instances_are_rejected(suite):

@@ -20,6 +20,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from ...errors import ConstraintError, InvalidRegexError, UnsupportedSchemaError
 from .fsm import CompiledConstraint, ConstraintState
+from .schema_forms import fix_schema_forms
 from .vocab import TokenVocab
 from .worker import CompileWorker
 
@@ -85,7 +86,7 @@ def spec_to_regex(spec: dict):
     if kind == "json_schema":
         schema, model = _schema_dict(value)
         try:
-            regex = build_regex_from_schema(json.dumps(schema), WHITESPACE)
+            regex = build_regex_from_schema(json.dumps(fix_schema_forms(schema)), WHITESPACE)
         except (ValueError, TypeError) as e:
             raise UnsupportedSchemaError(f"the schema cannot be expressed as an FSM: {e}") from e
         validator = jsonschema.validators.validator_for(schema)(schema)
