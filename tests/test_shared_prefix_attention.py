@@ -66,7 +66,7 @@ def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallba
     T = batch.num_tokens
     q = torch.randn(T, H, D)
     k, v = torch.randn(T, HKV, D), torch.randn(T, HKV, D)
-    attn = TorchAttention(pool, share_prefixes=True)
+    attn = TorchAttention(pool, H, share_prefixes=True)
     meta = attn.prepare(batch, torch.device("cpu"))
     out = attn(0, q, k, v, meta)  # writes this step's k/v into the pool first, as the model does
     short = [s for s in batch.seqs if s.q_len <= SHORT_QUERIES]
@@ -81,10 +81,10 @@ def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallba
 def test_decodes_sharing_a_long_prefix_form_one_group():
     trunk = list(range(1, 51))
     tables = [trunk + [100 + i] for i in range(8)]
-    groups = prefix_groups(tables, [50 * 16 + 5] * 8, 16)
+    groups = prefix_groups(tables, [50 * 16 + 4] * 8, 16)  # each one's newest token: position 804
     assert len(groups) == 1 and groups[0].members == list(range(8)) and groups[0].pages == 50
-    assert prefix_groups([trunk + [200]], [50 * 16 + 1], 16) == []  # one sequence: nothing to share
-    assert prefix_groups([[1, 2], [1, 3]], [20, 20], 16) == []  # one shared page saves less than a group costs
+    assert prefix_groups([trunk + [200]], [50 * 16], 16) == []  # one sequence: nothing to share
+    assert prefix_groups([[1, 2], [1, 3]], [19, 19], 16) == []  # one shared page saves less than a group costs
 
 
 @settings(max_examples=200, deadline=None)
@@ -92,7 +92,7 @@ def test_decodes_sharing_a_long_prefix_form_one_group():
 def test_groups_share_only_full_pages_they_really_share(seed, n):
     rng = random.Random(seed)
     tables, lens, _ = random_tables(rng, n, 4096)
-    groups = prefix_groups(tables, lens, PS)
+    groups = prefix_groups(tables, [n - 1 for n in lens], PS)  # decodes: the newest token is the query
     seen = set()
     for g in groups:
         assert len(g.members) >= 2 and g.pages >= 1

@@ -18,7 +18,7 @@ class EngineConfig:
     max_batch_tokens: int = 512  # token budget per step (prefill chunks + decodes)
     max_context: int | None = None  # defaults to the model's context length
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
-    shared_prefix_attention: bool = True  # torch backend: attend to pages that decodes share once per group
+    shared_prefix_attention: bool = True  # torch backend: pages that several sequences share are attended once per group
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
     jump_forward: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...

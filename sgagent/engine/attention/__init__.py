@@ -13,7 +13,7 @@ def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=to
     if name == "torch":
         from .torch_backend import TorchAttention
 
-        return TorchAttention(pool, share_prefixes)
+        return TorchAttention(pool, num_heads, share_prefixes)
     if name == "flashinfer":
         from .flashinfer_backend import FlashInferAttention
 

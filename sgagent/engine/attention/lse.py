@@ -11,21 +11,23 @@ import torch
 _cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
-    """q [B, Hkv, Q, D] against k, v [B, Hkv, L, D]; mask (bool, True = attend) broadcasts to [B, Hkv, Q, L].
+def mask_bias(mask: torch.Tensor, dtype) -> torch.Tensor:
+    """A bool mask (True = attend) as the additive bias attend() takes: 0 where attended, -inf elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None):
+    """q [B, Hkv, Q, D] against k, v [B, Hkv, L, D]; bias (see mask_bias) broadcasts to [B, Hkv, Q, L].
 
     Grouped-query heads go in as extra query rows of their key/value head, so K/V are never repeated.
     Returns (out [B, Hkv, Q, D], lse [B, Hkv, Q] in float32).
     """
     if q.device.type == "cpu" and _cpu_flash is not None:
-        bias = None
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
         out, lse = _cpu_flash(q, k, v, attn_mask=bias)
         return out, lse.float()
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    if bias is not None:
+        scores = scores + bias.float()
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.matmul(torch.exp(scores - lse[..., None]), v.float())
     return out.to(q.dtype), lse

@@ -1,4 +1,4 @@
-"""Which decodes of a step share a prefix of KV pages, so its attention is computed once for all of them.
+"""Which sequences of a step share a prefix of KV pages, so its attention is computed once for all of them.
 
 Sequences that share a prefix through the radix tree point at the same physical pages. Attending to
 those pages once per group (queries of every member stacked) and merging with each member's own tail
@@ -18,7 +18,7 @@ GROUP_OVERHEAD_TOKENS = 256
 
 @dataclass
 class PrefixGroup:
-    members: list[int]  # positions in the decode list
+    members: list[int]  # positions in the list of page tables given
     pages: int  # leading pages every member shares
 
 
@@ -29,23 +29,24 @@ def _common_pages(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return n
 
 
-def prefix_groups(page_tables: Sequence[Sequence[int]], kv_lens: Sequence[int], page_size: int) -> list[PrefixGroup]:
+def prefix_groups(page_tables: Sequence[Sequence[int]], query_starts: Sequence[int], page_size: int) -> list[PrefixGroup]:
     """Partition sequences into groups sharing leading pages, minimising the tokens gathered.
 
     Sequences sorted by page table put every group's members next to each other, so the best
     partition is a split of that order into runs; found by dynamic programming over run ends.
-    A sequence's last (partly written) page is never counted as shared: only full pages are.
+    query_starts[i] is the position of sequence i's first new token: the page holding it, and any after
+    it, are never counted as shared, so new tokens are never written into a shared page.
     """
     n = len(page_tables)
     if n < 2:
         return []
     order = sorted(range(n), key=lambda i: page_tables[i])
-    full = [(kv_lens[i] - 1) // page_size for i in order]  # pages before the one holding the newest token
+    full = [query_starts[i] // page_size for i in order]  # pages wholly before the first new token
     adj = [
         _common_pages(page_tables[order[j]], page_tables[order[j + 1]], min(full[j], full[j + 1]))
         for j in range(n - 1)
     ]
-    lens = [kv_lens[i] for i in order]
+    lens = [query_starts[i] + 1 for i in order]  # tokens each would gather alone (its newest counted once)
     best = [0] * (n + 1)
     cut: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its shared pages)
     for j in range(1, n + 1):

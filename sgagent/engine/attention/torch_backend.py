@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..batch import ForwardBatch
-from .lse import attend, merge
+from .lse import attend, mask_bias, merge
 from .prefix_groups import prefix_groups
 
 # queries per sequence up to which it joins the padded batch (decodes are 1; jump-forward appends a few)
@@ -32,7 +32,7 @@ class _Extend:
 
 @dataclass
 class _Group:
-    members: torch.Tensor  # positions in the decode batch
+    members: torch.Tensor  # positions among the step's short sequences
     pages: torch.Tensor  # the pages they share
 
 
@@ -43,7 +43,7 @@ class TorchMeta:
     short_valid: torch.Tensor | None = None  # [B * Q] bool: which of those are real queries
     short_all: bool = False  # every row is a decode, in order: no gather/scatter of rows needed
     short_pages: torch.Tensor | None = None  # [B, P] each sequence's unshared pages, padded with page 0
-    short_mask: torch.Tensor | None = None  # [B, 1, Q, P * page_size]
+    short_bias: torch.Tensor | None = None  # [B, 1, heads per K/V head * Q, P * page_size], see _short
     groups: list[_Group] = field(default_factory=list)
     extends: list[_Extend] = field(default_factory=list)
 
@@ -57,8 +57,9 @@ def _npages(tokens: int, ps: int) -> int:
 
 
 class TorchAttention:
-    def __init__(self, pool, share_prefixes: bool = True):
+    def __init__(self, pool, num_heads: int, share_prefixes: bool = True):
         self.pool = pool
+        self.group = num_heads // pool.k.shape[2]  # query heads per K/V head
         self.share_prefixes = share_prefixes
 
     def prepare(self, batch: ForwardBatch, device) -> TorchMeta:
@@ -85,8 +86,7 @@ class TorchAttention:
         ps = self.pool.page_size
         skip = [0] * len(seqs)  # leading pages attended through a group
         if self.share_prefixes:
-            # a group's pages must lie before every query: cap by the first new token's position
-            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len + 1 for s in seqs], ps):
+            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps):
                 meta.groups.append(_Group(torch.tensor(g.members, device=device),
                                           torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
                 for m in g.members:
@@ -94,20 +94,20 @@ class TorchAttention:
         own = [s.kv_len - skip[i] * ps for i, s in enumerate(seqs)]
         width = max(_npages(n, ps) for n in own)
         nq = max(s.q_len for s in seqs)
-        pages = torch.zeros((len(seqs), width), dtype=torch.long)
-        rows = torch.zeros((len(seqs), nq), dtype=torch.long)
-        last_key = torch.zeros((len(seqs), nq), dtype=torch.long)  # own-relative position of each query
+        pages, rows, last_key = [], [], []
         for i, s in enumerate(seqs):
             tail = s.pages[skip[i] : skip[i] + _npages(own[i], ps)]
-            pages[i, : len(tail)] = torch.tensor(tail)
-            qi = torch.arange(nq).clamp(max=s.q_len - 1)  # padding repeats the last query
-            rows[i] = s.row + qi
-            last_key[i] = own[i] - s.q_len + qi
-        meta.short_pages = pages.to(device)
-        mask = torch.arange(width * ps)[None, None, :] <= last_key[:, :, None]
-        meta.short_mask = mask[:, None].to(device)
-        meta.short_rows = rows.to(device)
-        meta.short_valid = (torch.arange(nq)[None, :] < torch.tensor([s.q_len for s in seqs])[:, None]).reshape(-1).to(device)
+            pages.append(tail + [0] * (width - len(tail)))
+            qi = [min(j, s.q_len - 1) for j in range(nq)]  # padding repeats the last query
+            rows.append([s.row + j for j in qi])
+            last_key.append([own[i] - s.q_len + j for j in qi])  # own-relative position of each query
+        meta.short_pages = torch.tensor(pages, dtype=torch.long, device=device)
+        mask = torch.arange(width * ps)[None, None, :] <= torch.tensor(last_key)[:, :, None]  # [B, Q, L]
+        # rows of a K/V head are (grouped head, query position): repeat each position's mask per head
+        mask = mask[:, None].expand(-1, self.group, -1, -1).reshape(len(seqs), 1, self.group * nq, -1)
+        meta.short_bias = mask_bias(mask, self.pool.k.dtype).to(device)
+        meta.short_rows = torch.tensor(rows, dtype=torch.long, device=device)
+        meta.short_valid = torch.tensor([[j < s.q_len for j in range(nq)] for s in seqs], device=device).reshape(-1)
         meta.short_all = nq == 1 and len(seqs) == num_seqs
 
     def _gather(self, cache: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
@@ -119,23 +119,22 @@ class TorchAttention:
     def _short(self, kc, vc, q: torch.Tensor, meta: TorchMeta) -> torch.Tensor:
         """q [B, Q, H, D] of the short sequences' queries -> [B, Q, H, D]."""
         B, Q, H, D = q.shape
-        hkv = kc.shape[1]
-        r = (H // hkv) * Q  # query rows per K/V head: its grouped heads at every position
-        qg = q.view(B, Q, hkv, H // hkv, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, r, D)
-        mask = meta.short_mask.expand(B, H // hkv, Q, -1).reshape(B, 1, r, -1) if Q > 1 else meta.short_mask
+        hkv, g = kc.shape[1], self.group
+        r = g * Q  # query rows per K/V head: its grouped heads at every position
+        qg = q.view(B, Q, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, r, D)
         kd, vd = self._gather(kc, meta.short_pages), self._gather(vc, meta.short_pages)
-        out, lse = attend(qg, kd, vd, mask)
+        out, lse = attend(qg, kd, vd, meta.short_bias)
         if meta.groups:
             shared_o = torch.zeros_like(out)
             shared_lse = torch.full_like(lse, float("-inf"))
-            for g in meta.groups:
-                n = len(g.members)
-                qs = qg.index_select(0, g.members).transpose(0, 1).reshape(1, hkv, n * r, D)
-                o, l = attend(qs, self._gather(kc, g.pages[None]), self._gather(vc, g.pages[None]))
-                shared_o[g.members] = o[0].view(hkv, n, r, D).transpose(0, 1)
-                shared_lse[g.members] = l[0].view(hkv, n, r).transpose(0, 1)
+            for grp in meta.groups:
+                n = len(grp.members)
+                qs = qg.index_select(0, grp.members).transpose(0, 1).reshape(1, hkv, n * r, D)
+                o, l = attend(qs, self._gather(kc, grp.pages[None]), self._gather(vc, grp.pages[None]))
+                shared_o[grp.members] = o[0].view(hkv, n, r, D).transpose(0, 1)
+                shared_lse[grp.members] = l[0].view(hkv, n, r).transpose(0, 1)
             out = merge(shared_o, shared_lse, out, lse)
-        return out.view(B, hkv, H // hkv, Q, D).permute(0, 3, 1, 2, 4).reshape(B, Q, H, D)
+        return out.view(B, hkv, g, Q, D).permute(0, 3, 1, 2, 4).reshape(B, Q, H, D)
 
     def __call__(self, layer: int, q, k, v, meta: TorchMeta) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, H*D]."""
