@@ -49,9 +49,17 @@ def reference(pool: Pool, q: torch.Tensor, pages: list[int], kv_len: int, q_len:
     return torch.einsum("hql,lhd->qhd", scores.softmax(-1), v).reshape(q_len, H * D)
 
 
+def rows(T: int, heads: int, transposed: bool) -> torch.Tensor:
+    """[T, heads, D] random; transposed: laid out the way a CPU projection returns it (W @ x^T, viewed back)."""
+    if transposed:
+        return torch.randn(heads * D, T).t().view(T, heads, D)
+    return torch.randn(T, heads, D)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
 @pytest.mark.parametrize("fallback", [False, True], ids=["cpu-flash", "matmul"])
 @pytest.mark.parametrize("seed", range(12))
-def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallback, monkeypatch):
+def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallback, transposed, monkeypatch):
     if fallback:
         monkeypatch.setattr(lse, "_cpu_flash", None)
     monkeypatch.setattr(pg, "GROUP_OVERHEAD_TOKENS", 0)  # group whatever is shared, however little
@@ -64,8 +72,7 @@ def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallba
         q_len = rng.choice([1, 1, 1, rng.randint(1, min(own, 5)), rng.randint(1, own)])
         batch.add([0] * q_len, n - q_len, t)
     T = batch.num_tokens
-    q = torch.randn(T, H, D)
-    k, v = torch.randn(T, HKV, D), torch.randn(T, HKV, D)
+    q, k, v = rows(T, H, transposed), rows(T, HKV, transposed), rows(T, HKV, transposed)
     attn = TorchAttention(pool, H, share_prefixes=True)
     meta = attn.prepare(batch, torch.device("cpu"))
     out = attn(0, q, k, v, meta)  # writes this step's k/v into the pool first, as the model does

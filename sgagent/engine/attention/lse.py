@@ -23,6 +23,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     Returns (out [B, Hkv, Q, D], lse [B, Hkv, Q] in float32).
     """
     if q.device.type == "cpu" and _cpu_flash is not None:
+        # the kernel reads rows as if the head dimension were contiguous; CPU projections can hand over
+        # transposed views (model.llama.project), so make sure it is
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out, lse = _cpu_flash(q, k, v, attn_mask=bias)
         return out, lse.float()
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5

@@ -12,6 +12,24 @@ from torch import nn
 
 from .config import ModelConfig
 
+# Up to this many rows, a CPU projection runs as W @ x^T: MKL's sgemm is 1.3-2.3x faster that way round for
+# the few rows of a decode step (bench/RESULTS.md, "decode step"); for prefill-sized inputs it is no faster.
+SMALL_ROWS = 128
+
+
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T (+ bias) for x [T, in]. The result may be a transposed view; callers that need
+    contiguous memory ask for it."""
+    if x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= SMALL_ROWS:
+        y = torch.mm(weight, x.t()).t()
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return project(x, self.weight, self.bias)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -59,10 +77,10 @@ class Attention(nn.Module):
         self.layer = layer
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         b = cfg.qkv_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=b)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=b)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=b)
-        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, self.h * self.d, bias=b)
+        self.k_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias=b)
+        self.v_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias=b)
+        self.o_proj = Linear(self.h * self.d, cfg.hidden_size, bias=False)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
@@ -84,9 +102,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -146,4 +164,4 @@ class CausalLM(nn.Module):
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        return project(hidden, w).float().contiguous()
