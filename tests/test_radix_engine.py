@@ -53,21 +53,29 @@ async def test_outputs_identical_with_reuse_on_and_off(engine, page_size):
 
 async def test_cached_tokens_exact_per_request(engine):
     e = engine.with_config(page_size=16, kv_cache_bytes=64 << 20)
+    off = engine.with_config(page_size=16, kv_cache_bytes=64 << 20, radix_cache=False)
     try:
         p = e.tokenize(FEW_SHOT)
         a = await e.generate(p, max_tokens=5, temperature=0)
         assert a.usage.cached_tokens == 0
         follow = p + a.token_ids + e.tokenizer.encode(" and more", add_special_tokens=False)
         b = await e.generate(follow, max_tokens=3, temperature=0)
-        # the tree holds a's whole computed pages: prompt + outputs less the last sampled token
-        assert b.usage.cached_tokens == (len(p) + len(a.token_ids) - 1) // 16 * 16
+        # everything a computed is reused: its prompt and outputs less the last sampled token, the whole
+        # pages in place and the partial last page (kept as a tail) by copy
+        assert b.usage.cached_tokens == len(p) + len(a.token_ids) - 1
         c = await e.generate(p[:40] + [7, 7, 7], max_tokens=2, temperature=0)
-        assert c.usage.cached_tokens == 32
+        assert c.usage.cached_tokens == 40  # two whole pages, and 8 tokens copied out of the third
         d = await e.generate(p, max_tokens=2, temperature=0)  # same prompt: all but the last token reused
-        assert d.usage.cached_tokens == (len(p) - 1) // 16 * 16
-        assert e.stats()["cached_tokens"] == sum(r.usage.cached_tokens for r in (a, b, c, d))
+        assert d.usage.cached_tokens == len(p) - 1
+        assert d.token_ids == a.token_ids[:2]
+        for r, prompt in ((b, follow), (c, p[:40] + [7, 7, 7])):
+            assert r.token_ids == (await off.generate(prompt, max_tokens=len(r.token_ids), temperature=0)).token_ids
+        s = e.stats()
+        assert s["cached_tokens"] == sum(r.usage.cached_tokens for r in (a, b, c, d))
+        assert s["copied_tokens"] == sum(r.usage.cached_tokens % 16 for r in (b, c, d))
     finally:
         await e.aclose()
+        await off.aclose()
 
 
 async def test_requests_arriving_together_compute_shared_prefix_once(engine):

@@ -7,7 +7,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sgagent.engine.radix import RadixTree
 
-PS = 2
+PS = 3
 CAPACITY = 48
 
 
@@ -39,6 +39,7 @@ class RadixMachine(RuleBasedStateMachine):
         self.pool = FakePool(CAPACITY)
         self.tree = RadixTree(self.pool, PS)
         self.ref: dict[tuple, int] = {}  # every cached whole-page prefix -> the page holding its last page
+        self.tails: dict[tuple, int] = {}  # every cached prefix ending in a partial page -> that page
         self.holders = []  # (node, tokens) locked by "requests"
         self.private = []  # pages held outside the tree
 
@@ -49,12 +50,32 @@ class RadixMachine(RuleBasedStateMachine):
             k += PS
         return pages
 
+    def _ref_partial(self, tokens, i):
+        """Longest agreement of a cached page just after tokens[:i] with tokens[i:], below a whole page."""
+        best = 0
+        for key in list(self.tails) + [k for k in self.ref if len(k) == i + PS]:
+            if len(key) > i and list(key[:i]) == list(tokens[:i]):
+                n = 0
+                while n < PS - 1 and i + n < min(len(key), len(tokens)) and key[i + n] == tokens[i + n]:
+                    n += 1
+                best = max(best, n)
+        return best
+
+    def _content(self, page):
+        return next([k for k, p in d.items() if p == page][0] for d in (self.ref, self.tails) if page in d.values())
+
     @rule(tokens=seqs, hold=st.booleans())
     def request(self, tokens, hold):
-        """What the scheduler does: match, lock, compute the rest into private pages, publish, keep or release."""
+        """What the scheduler does: match, lock, copy what a partial match gives, compute the rest into
+        private pages, publish, keep or release (keeping the partial last page as a tail)."""
         pages, node = self.tree.match(tokens)
         assert pages == self._ref_match(tokens)
         self.tree.lock(node)
+        i = len(pages) * PS
+        src, n = self.tree.partial(node, tokens, i)
+        assert n == self._ref_partial(tokens, i)
+        if n:
+            assert list(self._content(src)[: i + n]) == list(tokens[: i + n])
         full = len(tokens) // PS
         need = full - len(pages)
         if need > self.pool.num_free:
@@ -67,6 +88,8 @@ class RadixMachine(RuleBasedStateMachine):
         tree_pages, new = self.tree.insert(tokens[: full * PS], mine)
         self.pool.free([p for p, t in zip(mine, tree_pages) if p != t])
         for k in range(1, full + 1):
+            if tuple(tokens[: k * PS]) not in self.ref:  # a new page replaces the tails it covers
+                self._drop_ref_tails(tokens[: k * PS], (k - 1) * PS)
             self.ref.setdefault(tuple(tokens[: k * PS]), tree_pages[k - 1])
         assert tree_pages == self._ref_match(tokens[: full * PS])
         self.tree.lock(new)
@@ -75,6 +98,25 @@ class RadixMachine(RuleBasedStateMachine):
             self.holders.append((new, list(tokens[: full * PS])))
         else:
             self.tree.unlock(new)
+        if len(tokens) > full * PS and self.pool.num_free:
+            self._keep_tail(new, tokens, full * PS)
+
+    def _drop_ref_tails(self, tokens, i):
+        for key in [k for k in self.tails if len(k) > i and tuple(tokens[: len(k)]) == k and k[:i] == tuple(tokens[:i])]:
+            del self.tails[key]
+
+    def _keep_tail(self, node, tokens, i):
+        page = self.pool.alloc(1)[0]
+        whole = tuple(tokens)
+        covered = any(len(k) > i and k[: len(whole)] == whole for k in list(self.ref) + list(self.tails)
+                      if len(k) <= i + PS)
+        took = self.tree.insert_tail(node, tokens[i:], page)
+        assert took == (not covered)
+        if took:
+            self._drop_ref_tails(tokens, i)
+            self.tails[whole] = page
+        else:
+            self.pool.free([page])
 
     @precondition(lambda self: self.holders)
     @rule(i=st.integers(0, 100))
@@ -100,8 +142,20 @@ class RadixMachine(RuleBasedStateMachine):
             while x is not self.tree.root:
                 path[:0] = x.key
                 x = x.parent
-            for k in range(len(path) - len(n.key) + PS, len(path) + 1, PS):
-                present.add(tuple(path[:k]))
+            if len(n.key) >= PS:
+                for k in range(len(path) - len(n.key) + PS, len(path) + 1, PS):
+                    present.add(tuple(path[:k]))
+        tails = set()
+        for n in self.tree._nodes():
+            if len(n.key) < PS:
+                path, x = [], n
+                while x is not self.tree.root:
+                    path[:0] = x.key
+                    x = x.parent
+                tails.add(tuple(path))
+        assert tails <= set(self.tails)
+        for key in set(self.tails) - tails:
+            del self.tails[key]
         gone = set(self.ref) - present
         # nothing a holder has locked may go
         for _, toks in self.holders:
@@ -121,8 +175,12 @@ class RadixMachine(RuleBasedStateMachine):
         expected_locked = sum(len(n.pages) for n in self.tree._nodes() if n.lock_ref > 0)
         assert self.tree.locked_pages == expected_locked
         for n in self.tree._nodes():
-            assert len(n.key) == len(n.pages) * PS and n.key
+            if len(n.key) < PS:  # a tail: one partial page, a leaf, never locked
+                assert n.key and len(n.pages) == 1 and not n.children and n.lock_ref == 0
+            else:
+                assert len(n.key) == len(n.pages) * PS
             assert all(n.lock_ref >= c.lock_ref for c in n.children.values())
+        assert len(self.ref) + len(self.tails) == self.tree.cached_pages
 
 
 RadixMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
@@ -142,7 +200,7 @@ def test_split_keeps_pages_and_lru_evicts_oldest_first():
     tree.match([1, 1, 2, 2, 4, 4])  # touch the second branch: the first is now least recent
     assert tree.evict(1) == 1
     assert tree.match_len([1, 1, 2, 2, 3, 3]) == 4 and tree.match_len([1, 1, 2, 2, 4, 4]) == 6
-    # a partial last page is never cached or matched
+    # a partial last page is never matched in place (RadixTree.partial finds it for a copy)
     assert tree.match_len([1, 1, 2]) == 2
 
 

@@ -388,6 +388,7 @@ class Engine(Prompting):
             waiting=len(s.waiting),
             prompt_tokens=s.prompt_tokens,
             cached_tokens=s.cached_tokens,
+            copied_tokens=s.copied_tokens,
             cache_hit_rate=s.cached_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
             pages_total=pool.capacity,
             pages_free=pool.num_free,

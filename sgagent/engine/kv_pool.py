@@ -43,3 +43,16 @@ class KVPool:
 
     def free(self, pages: list[int]) -> None:
         self._free.extend(pages)
+
+    def copy_tokens(self, copies: list[tuple[int, int, int]]) -> None:
+        """For each (src page, dst page, n): K/V of src's first n slots into dst's first n, every layer.
+
+        All sources are read before any destination is written, so a page may be both.
+        """
+        ps = self.page_size
+        src = [s * ps + i for s, _, n in copies for i in range(n)]
+        dst = [d * ps + i for _, d, n in copies for i in range(n)]
+        src_t = torch.tensor(src, device=self.k.device)
+        dst_t = torch.tensor(dst, device=self.k.device)
+        self.k[:, dst_t] = self.k[:, src_t]
+        self.v[:, dst_t] = self.v[:, src_t]

@@ -50,6 +50,8 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
         b = plan.batch
+        if plan.copies:
+            self.pool.copy_tokens(plan.copies)
         ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
         hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device))

@@ -64,6 +64,9 @@ class StepItem:
 class StepPlan:
     batch: ForwardBatch = field(default_factory=ForwardBatch)
     items: list[StepItem] = field(default_factory=list)
+    # (source page, destination page, tokens): K/V of a cached page's first tokens, copied into a newly
+    # admitted request's own page before the step runs (RadixTree.partial)
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
 
     def add(self, req: Req, n: int) -> None:
         start = req.num_computed
@@ -94,6 +97,7 @@ class Scheduler:
         self.preemptions = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
+        self.copied_tokens = 0  # of the cached tokens, those reused by copying part of a page
 
     # -- queue ---------------------------------------------------------------------------------
     def add(self, req: Req) -> None:
@@ -139,9 +143,14 @@ class Scheduler:
             self.pool.free(req.pages)
         else:
             self._publish(req)
+            own = req.inserted // self.ps
+            if req.num_computed > req.inserted:  # a computed partial last page: the tree may keep it as a tail
+                tail = req.tokens[req.inserted : req.num_computed]
+                if self.tree.insert_tail(req.node or self.tree.root, tail, req.pages[own]):
+                    own += 1
             if req.node is not None:
                 self.tree.unlock(req.node)
-            self.pool.free(req.pages[req.inserted // self.ps :])
+            self.pool.free(req.pages[own:])
         req.pages, req.node, req.inserted, req.num_computed = [], None, 0, 0
 
     def _preempt(self, req: Req) -> None:
@@ -204,7 +213,7 @@ class Scheduler:
         for req in self._order():
             if budget <= 0 or len(self.running) >= self.cfg.max_running_requests:
                 break
-            pages, node = [], None
+            pages, node, src, copied = [], None, 0, 0
             if self.tree is not None:
                 key = self._match_limit(req)
                 cached = self.tree.match_len(key)
@@ -213,19 +222,24 @@ class Scheduler:
                     continue
                 pages, node = self.tree.match(key)
                 self.tree.lock(node)
+                src, copied = self.tree.partial(node, key, len(pages) * self.ps)
             matched = len(pages) * self.ps
-            n = min(len(req.tokens) - matched, budget)
-            need = self._pages_for(matched + n) - len(pages)
+            start = matched + copied
+            n = min(len(req.tokens) - start, budget)
+            need = self._pages_for(start + n) - len(pages)
             if not self._make_room(need):
                 if node is not None:
                     self.tree.unlock(node)
                 break
             req.pages = pages + self.pool.alloc(need)
-            req.node, req.inserted, req.num_computed = node, matched, matched
+            req.node, req.inserted, req.num_computed = node, matched, start
+            if copied:
+                plan.copies.append((src, req.pages[len(pages)], copied))
             if req.cached_tokens is None:
-                req.cached_tokens = min(matched, len(req.prompt_ids))
+                req.cached_tokens = min(start, len(req.prompt_ids))
                 self.prompt_tokens += len(req.prompt_ids)
                 self.cached_tokens += req.cached_tokens
+                self.copied_tokens += max(0, req.cached_tokens - matched)
             self.waiting.remove(req)
             self.running.append(req)
             plan.add(req, n)

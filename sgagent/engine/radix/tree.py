@@ -1,8 +1,11 @@
 """A radix tree over token ids whose edges own KV pages of the pool.
 
-Keys are whole pages: a node's key holds len(pages) * page_size tokens, so a partial last page is never
-in the tree and never shared. Nodes locked by running requests (lock_ref > 0 on the node and all its
-ancestors) are never evicted; unlocked leaves go in LRU order when the pool needs room.
+Keys are whole pages: a node's key holds len(pages) * page_size tokens, and only whole pages are ever
+shared in place. A finished sequence's partial last page is kept too, as a leaf whose key is shorter than
+a page ("tail"): nobody attends to a tail page directly, a request that shares its first tokens copies
+them into a page of its own (see `partial`). The same copy reuses the first tokens of a whole page whose
+later tokens differ. Nodes locked by running requests (lock_ref > 0 on the node and all its ancestors)
+are never evicted; tails are never locked; unlocked leaves go in LRU order when the pool needs room.
 """
 
 from __future__ import annotations
@@ -83,6 +86,27 @@ class RadixTree:
             node = child
         return pages, node
 
+    def partial(self, node: Node, tokens, start: int) -> tuple[int, int]:
+        """After a whole-page match ending at `node` (tokens[:start] matched): the cached page whose first
+        tokens agree longest with tokens[start:], as (page, tokens in common); (0, 0) when none does.
+
+        The caller may copy those tokens' K/V into its own page; the source page is intact until the next
+        model step writes to the pool, whether or not it is evicted in between.
+        """
+        want = tokens[start : start + self.ps]
+        best, page, owner = 0, 0, None
+        for child in node.children.values():
+            k = child.key
+            n = 0
+            while n < len(want) and n < len(k) and k[n] == want[n]:
+                n += 1
+            n = min(n, self.ps - 1)  # a whole page in common would have been matched in place
+            if n > best:
+                best, page, owner = n, child.pages[0], child
+        if owner is not None:
+            owner.last_access = next(_clock)
+        return page, best
+
     def _split(self, node: Node, n_pages: int) -> Node:
         """Cut node after n_pages; the returned upper part takes node's place."""
         cut = n_pages * self.ps
@@ -107,6 +131,7 @@ class RadixTree:
         while i < len(tokens):
             child = node.children.get(self._page_key(tokens, i))
             if child is None:
+                self._drop_tails_covered(node, tokens[i : i + self.ps])
                 new = Node(node, list(tokens[i:]), list(pages[i // self.ps :]))
                 node.children[self._page_key(tokens, i)] = new
                 self.num_nodes += 1
@@ -121,6 +146,34 @@ class RadixTree:
             i += n * self.ps
             node = child
         return out, node
+
+    def insert_tail(self, node: Node, tail, page: int) -> bool:
+        """Keep a partial last page (len(tail) < page_size tokens, following `node`'s path) as a tail leaf.
+
+        Returns whether the tree took the page; it does not when a cached page already starts with `tail`,
+        and then the caller frees it. Tails that `tail` extends are dropped.
+        """
+        assert 0 < len(tail) < self.ps
+        tail = list(tail)
+        for child in node.children.values():
+            if child.key[: len(tail)] == tail:
+                child.last_access = next(_clock)
+                return False
+        self._drop_tails_covered(node, tail)
+        node.children[tuple(tail)] = Node(node, tail, [page])
+        self.num_nodes += 1
+        self.cached_pages += 1
+        return True
+
+    def _drop_tails_covered(self, node: Node, tokens) -> None:
+        """Tails under node that are a prefix of tokens: the page about to hold those tokens replaces them."""
+        for key, child in list(node.children.items()):
+            if len(child.key) < self.ps and list(tokens[: len(child.key)]) == child.key:
+                assert not child.children and child.lock_ref == 0
+                del node.children[key]
+                self.pool.free(child.pages)
+                self.num_nodes -= 1
+                self.cached_pages -= 1
 
     # -- locks -------------------------------------------------------------------------------
     def lock(self, node: Node) -> None:
