@@ -68,8 +68,9 @@ class StepPlan:
     # admitted request's own page before the step runs (RadixTree.partial)
     copies: list[tuple[int, int, int]] = field(default_factory=list)
 
-    def add(self, req: Req, n: int) -> None:
-        start = req.num_computed
+    def add(self, req: Req, n: int, start: int | None = None) -> None:
+        """n tokens of req from `start` (default: all it has computed; more when a copy precedes them)."""
+        start = req.num_computed if start is None else start
         seq = self.batch.add(req.tokens[start : start + n], start, req.pages)
         sample = start + n == len(req.tokens) and req.wants_token
         if sample:
@@ -232,7 +233,8 @@ class Scheduler:
                     self.tree.unlock(node)
                 break
             req.pages = pages + self.pool.alloc(need)
-            req.node, req.inserted, req.num_computed = node, matched, start
+            # copied tokens count as computed once the step (which copies them first) has run
+            req.node, req.inserted, req.num_computed = node, matched, matched
             if copied:
                 plan.copies.append((src, req.pages[len(pages)], copied))
             if req.cached_tokens is None:
@@ -242,7 +244,7 @@ class Scheduler:
                 self.copied_tokens += max(0, req.cached_tokens - matched)
             self.waiting.remove(req)
             self.running.append(req)
-            plan.add(req, n)
+            plan.add(req, n, start)
             budget -= n
             sharing.append(req.tokens)
         for req in self.waiting:
@@ -250,5 +252,5 @@ class Scheduler:
 
     def after_step(self, plan: StepPlan) -> None:
         for item in plan.items:
-            item.req.num_computed += item.seq.q_len
+            item.req.num_computed = item.seq.kv_len
             self._publish(item.req)
