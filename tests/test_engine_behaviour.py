@@ -185,3 +185,24 @@ async def test_closed_engine_refuses_and_fails_pending(engine):
     with pytest.raises(EngineClosedError):
         await e.generate("hi")
     assert e.runner.pool.num_free + (e.scheduler.tree.cached_pages) == e.runner.pool.capacity
+
+
+async def test_loading_and_steps_run_on_the_one_compute_thread(fresh):
+    """Two threads driving torch's CPU kernels share the cores between two OpenMP teams (each step up to 2x
+    slower), so every step of every engine runs on the same compute thread."""
+    import threading
+
+    seen = []
+    step = fresh.runner.step
+
+    def spy(plan):
+        seen.append(threading.current_thread().name)
+        return step(plan)
+
+    fresh.runner.step = spy
+    try:
+        await asyncio.gather(*(fresh.generate(f"Count to {i}:", max_tokens=3, temperature=0.0) for i in range(3)))
+    finally:
+        fresh.runner.step = step
+    assert seen and set(seen) == {seen[0]} and seen[0].startswith("sgagent-compute")
+    assert threading.current_thread().name != seen[0]

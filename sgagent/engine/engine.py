@@ -13,7 +13,6 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 
-import anyio
 import torch
 
 from ..errors import (
@@ -24,6 +23,7 @@ from ..errors import (
     RequestAbortedError,
 )
 from ..log import get_logger
+from . import compute
 from .config import EngineConfig
 from .model.source import resolve
 from .output import OutputText
@@ -58,11 +58,11 @@ class Engine(Prompting):
         if _share is None:
             src = resolve(cfg.model)
             self.tokenizer = src.load_tokenizer()
-            self.runner = ModelRunner(src, cfg)
+            self.runner = compute.call(ModelRunner, src, cfg)
         else:
             self._parent = _share
             src, self.tokenizer = _share._src, _share.tokenizer
-            self.runner = ModelRunner(src, cfg, _share.runner.model)
+            self.runner = compute.call(ModelRunner, src, cfg, _share.runner.model)
         self._src = src
         self.model_path = str(src.path)
         mc = src.config
@@ -75,7 +75,6 @@ class Engine(Prompting):
         self._arrivals = itertools.count()
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
-        self._limiter = anyio.CapacityLimiter(1)
         self._in_flight: StepPlan | None = None
         self._deferred: list[Req] = []
         self._closed = False
@@ -246,7 +245,7 @@ class Engine(Prompting):
                 continue
             self._in_flight = plan
             try:
-                out = await anyio.to_thread.run_sync(self.runner.step, plan, limiter=self._limiter)
+                out = await compute.run(self.runner.step, plan)
             except Exception as e:  # a failed step fails its requests, not the engine
                 self.log.exception("engine.step_failed", requests=[it.req.id for it in plan.items])
                 self._in_flight = None
