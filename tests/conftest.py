@@ -17,7 +17,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 @pytest_asyncio.fixture(scope="session")
 async def engine():
-    e = sgagent.Engine(kv_cache_bytes=256 << 20)
+    # float32 on every machine: exactness against transformers is checked in float32 (auto may pick bfloat16)
+    e = sgagent.Engine(kv_cache_bytes=256 << 20, dtype="float32")
     yield e
     await e.aclose()
 

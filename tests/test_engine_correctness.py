@@ -1,6 +1,7 @@
 """Our engine against transformers on the same weights: greedy tokens equal, logits close."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +86,7 @@ async def test_score_matches_transformers(engine, hf_model):
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 async def test_architectures_match_transformers(arch, tiny_models):
     path, ref = tiny_models[arch]
-    e = sgagent.Engine(str(path), kv_cache_bytes=8 << 20, page_size=4)
+    e = sgagent.Engine(str(path), kv_cache_bytes=8 << 20, page_size=4, dtype="float32")
     try:
         assert e.model_config.model_type == arch
         for p in PROMPTS[:3]:
@@ -97,7 +98,7 @@ async def test_architectures_match_transformers(arch, tiny_models):
 
 async def test_bfloat16_runs_close_to_float32(engine, tiny_models):
     path, _ = tiny_models["llama"]
-    a = sgagent.Engine(str(path), kv_cache_bytes=8 << 20)
+    a = sgagent.Engine(str(path), kv_cache_bytes=8 << 20, dtype="float32")
     b = a.with_config()  # same weights
     c = sgagent.Engine(str(path), kv_cache_bytes=8 << 20, dtype="bfloat16")
     try:
@@ -110,3 +111,42 @@ async def test_bfloat16_runs_close_to_float32(engine, tiny_models):
     finally:
         for e in (a, b, c):
             await e.aclose()
+
+
+async def test_bfloat16_default_model_close_to_transformers_bfloat16(engine):
+    """auto picks bfloat16 on CPUs with bf16 arithmetic: there it must still track transformers in bf16."""
+    from transformers import AutoModelForCausalLM
+
+    from sgagent.engine import compute
+
+    bf = sgagent.Engine(kv_cache_bytes=32 << 20, dtype="bfloat16")
+    p = Path(bf.model_path)
+    ref_model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.bfloat16).eval()
+    runner = bf.runner
+    try:
+        for prompt in PROMPTS:
+            ids = bf.tokenize(prompt)
+            req = Req("t", ids, SamplingParams(temperature=0), 0)
+            req.pages = runner.pool.alloc((len(ids) + 15) // 16)
+            plan = StepPlan()
+            plan.add(req, len(ids))
+
+            def last_logits():
+                meta = runner.attn.prepare(plan.batch, runner.device)
+                h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions),
+                                 runner.attn, meta)
+                return runner.model.logits(h[-1:])[0]
+
+            try:
+                ours = compute.call(last_logits)
+            finally:
+                runner.pool.free(req.pages)
+            with torch.no_grad():
+                ref = ref_model(torch.tensor([ids])).logits[0, -1].float()
+            # bf16 keeps ~3 significant digits; over 30 layers the two forwards round differently
+            assert (ours - ref).abs().max() < 0.03 * ref.abs().max(), prompt
+            assert int(ours.argmax()) == int(ref.argmax()), prompt
+            r = await bf.generate(prompt, max_tokens=8, temperature=0.0, ignore_eos=True)
+            assert r.token_ids == hf_greedy(ref_model, ids, 8), prompt
+    finally:
+        await bf.aclose()

@@ -95,7 +95,7 @@ async def test_requests_arriving_together_compute_shared_prefix_once(engine):
 
 async def test_thousands_of_random_requests_leave_no_leak(tiny_models):
     path, _ = tiny_models["llama"]
-    e = sgagent.Engine(str(path), kv_cache_bytes=2 << 20, page_size=4, max_batch_tokens=256)
+    e = sgagent.Engine(str(path), kv_cache_bytes=2 << 20, page_size=4, max_batch_tokens=256, dtype="float32")
     rng = random.Random(7)
     prefixes = [e.tokenize(f"System prompt number {i}: be helpful. " * 3) for i in range(5)]
     sem = asyncio.Semaphore(64)
@@ -135,7 +135,7 @@ async def test_thousands_of_random_requests_leave_no_leak(tiny_models):
 
 async def test_pressure_twenty_times_the_pool(tiny_models):
     path, _ = tiny_models["qwen2"]
-    big = sgagent.Engine(str(path), kv_cache_bytes=32 << 20, page_size=4)
+    big = sgagent.Engine(str(path), kv_cache_bytes=32 << 20, page_size=4, dtype="float32")
     small = big.with_config(kv_pages=30)
     rng = random.Random(3)
     shared = big.tokenize("Shared instructions for every request in this batch. ")

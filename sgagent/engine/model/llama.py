@@ -39,15 +39,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def _rotate_half(x):
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # half precision: normalise in float32, round, then scale, in transformers' order
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
 class Rotary:
@@ -65,11 +60,18 @@ class Rotary:
         freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq.float())
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos() * scale
-        self.sin = emb.sin() * scale
+        # rotate_half(x) = cat(-x2, x1) = roll(x, d/2) with the first half negated: the sign lives in sin
+        sign = torch.cat((-torch.ones(d // 2), torch.ones(d // 2)))
+        self.sin = emb.sin() * scale * sign
 
     def to(self, device):
         self.cos, self.sin = self.cos.to(device), self.sin.to(device)
         return self
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] rotated by the per-row cos/sin [T, 1, D] (sin carrying rotate_half's sign)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 class Attention(nn.Module):
@@ -77,10 +79,8 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        b = cfg.qkv_bias
-        self.q_proj = Linear(cfg.hidden_size, self.h * self.d, bias=b)
-        self.k_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias=b)
-        self.v_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias=b)
+        # q, k and v in one projection (one weight read, one matmul); load() concatenates the checkpoint's three
+        self.qkv_proj = Linear(cfg.hidden_size, (self.h + 2 * self.hkv) * self.d, bias=cfg.qkv_bias)
         self.o_proj = Linear(self.h * self.d, cfg.hidden_size, bias=False)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
@@ -89,26 +89,24 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin, attn, meta):
-        T = x.shape[0]
-        q = self.q_proj(x).view(T, self.h, self.d)
-        k = self.k_proj(x).view(T, self.hkv, self.d)
-        v = self.v_proj(x).view(T, self.hkv, self.d)
+        T, h, hkv = x.shape[0], self.h, self.hkv
+        qkv = self.qkv_proj(x).view(T, h + 2 * hkv, self.d)
+        qk, v = qkv[:, : h + hkv], qkv[:, h + hkv :]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        return self.o_proj(attn(self.layer, q, k, v, meta))
+            qk = torch.cat((self.q_norm(qk[:, :h]), self.k_norm(qk[:, h:])), dim=1)
+        qk = rope(qk, cos, sin)  # q and k heads rotated together
+        return self.o_proj(attn(self.layer, qk[:, :h], qk[:, h:], v, meta))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)  # gate and up, fused
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -132,6 +130,27 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+# fused parameter -> the checkpoint's parts, concatenated along the output dimension in this order
+FUSED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def _fuse(tensors: dict[str, torch.Tensor], fused: dict[str, tuple[str, ...]]) -> dict[str, torch.Tensor]:
+    out = dict(tensors)
+    for name in tensors:
+        for whole, parts in fused.items():
+            suffix = "." + parts[0] + "."
+            if suffix not in name:
+                continue
+            prefix, kind = name.split(suffix)
+            keys = [f"{prefix}.{p}.{kind}" for p in parts]
+            if all(k in out for k in keys):
+                out[f"{prefix}.{whole}.{kind}"] = torch.cat([out.pop(k) for k in keys])
+    return out
+
+
 class CausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig, hf_config=None):
         super().__init__()
@@ -141,6 +160,8 @@ class CausalLM(nn.Module):
         self.rotary = Rotary(cfg, cfg.max_position, hf_config)
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Checkpoint tensors under transformers' names; q/k/v and gate/up are fused here."""
+        tensors = _fuse(tensors, FUSED)
         tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
         if self.lm_head is None:
             tensors.pop("lm_head.weight", None)
