@@ -62,6 +62,16 @@ def report(bench: str, **fields) -> None:
             f.write(json.dumps({"bench": bench, **fields}) + "\n")
 
 
+def isolated(fn, *args):
+    """fn(*args) in a fresh spawned process, for baselines with their own thread pools: llama.cpp's OpenMP
+    threads and torch's share two cores badly once both runtimes have started in one process (llama.cpp
+    measured 3.5x slower after an engine had run beside it). fn must be importable by name."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
 def llama_cpp():
     """llama-cpp-python's Llama class when the bench extra is installed, else None."""
     try:

@@ -13,7 +13,9 @@ import torch
 
 import sgagent
 
-from .common import llama_cpp, machine, report, timed
+from sgagent.engine import compute
+
+from .common import isolated, llama_cpp, machine, report, timed
 
 TOPICS = ["rivers", "volcanoes", "bees", "glaciers", "comets", "forests", "deserts", "coral reefs"]
 
@@ -40,9 +42,23 @@ def hf_batched(model, pad_id: int, ps: list[list[int]], new: int) -> float:
     return dt
 
 
+def llama_single_stream(path: str, text: str, runs: int) -> tuple[int, float]:
+    """(completion tokens, median seconds) of 128 greedy tokens from llama.cpp; run in its own process."""
+    Llama = llama_cpp()
+    llm = Llama(model_path=path, n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+    times = []
+    for _ in range(runs):
+        llm.reset()
+        t0 = time.perf_counter()
+        out = llm.create_completion(text, max_tokens=128, temperature=0.0)
+        times.append(time.perf_counter() - t0)
+    return out["usage"]["completion_tokens"], sorted(times)[len(times) // 2]
+
+
 async def main(runs: int, n: int, new: int) -> None:
     print(f"# engine throughput on {machine()}")
     engine = sgagent.Engine(radix_cache=False)  # distinct prompts: measure the engine, not the cache
+    dtype = engine.runner.dtype
     ps = prompts(engine, n)
 
     async def ours():
@@ -50,36 +66,37 @@ async def main(runs: int, n: int, new: int) -> None:
         assert all(len(r.token_ids) == new for r in rs)
         return rs
 
-    await engine.generate(ps[0], max_tokens=2)  # warm-up
-    t_ours, _ = await timed(ours, runs)
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(str(engine._src.path.parent), gguf_file=engine._src.path.name,
-                                              dtype=torch.float32).eval()
-    t_hf = sorted(hf_batched(hf, engine.tokenizer.pad_token_id or 0, ps, new) for _ in range(max(1, runs - 1)))
-    t_hf = t_hf[len(t_hf) // 2]
-    toks = n * new
-    report("batched_vs_transformers", requests=n, prompt_tokens=len(ps[0]), new_tokens=new,
-           sgagent_tok_s=toks / t_ours, transformers_tok_s=toks / t_hf, ratio=t_hf / t_ours, runs=runs)
-
     single = engine.tokenize("Once upon a time, in a quiet village by the sea,")
 
     async def one():
         return await engine.generate(single, max_tokens=128, temperature=0, ignore_eos=True)
 
+    await engine.generate(ps[0], max_tokens=2)  # warm-up
+    t_ours, _ = await timed(ours, runs)
     t_one, _ = await timed(one, runs)
+    from transformers import AutoModelForCausalLM
+
+    toks = n * new
+    fields = dict(requests=n, prompt_tokens=len(ps[0]), new_tokens=new, sgagent_dtype=str(dtype).split(".")[1],
+                  sgagent_tok_s=toks / t_ours)
+    # transformers in float32 (what the GGUF dequantizes to) and in the engine's own dtype when that differs
+    for hf_dtype in dict.fromkeys([torch.float32, dtype]):
+        path = engine._src.path
+        hf = compute.call(lambda: AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                       dtype=hf_dtype).eval())
+        pad = engine.tokenizer.pad_token_id or 0
+        compute.call(hf_batched, hf, pad, ps[:2], 2)  # warm-up
+        # on the engine's compute thread: one OpenMP team for both, neither slowed by the other's
+        t_hf = sorted(compute.call(hf_batched, hf, pad, ps, new) for _ in range(max(1, runs - 1)))
+        t_hf = t_hf[len(t_hf) // 2]
+        name = str(hf_dtype).split(".")[1]
+        fields.update({f"transformers_{name}_tok_s": toks / t_hf, f"ratio_vs_{name}": t_hf / t_ours})
+        del hf
+    report("batched_vs_transformers", **fields, runs=runs)
+
     fields = dict(sgagent_tok_s=128 / t_one)
-    Llama = llama_cpp()
-    if Llama is not None:
-        llm = Llama(model_path=str(engine._src.path), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
-        times = []
-        for _ in range(runs):
-            llm.reset()
-            t0 = time.perf_counter()
-            out = llm.create_completion(engine.tokenizer.decode(single), max_tokens=128, temperature=0.0)
-            times.append(time.perf_counter() - t0)
-            ntok = out["usage"]["completion_tokens"]
-        t_llama = sorted(times)[len(times) // 2]
+    if llama_cpp() is not None:
+        ntok, t_llama = isolated(llama_single_stream, str(engine._src.path), engine.tokenizer.decode(single), runs)
         fields.update(llama_cpp_tok_s=ntok / t_llama, ratio=(128 / t_one) / (ntok / t_llama))
     else:
         fields.update(llama_cpp="not installed (pip install '.[bench]')")

@@ -10,7 +10,7 @@ import time
 import sgagent
 
 from . import workloads as w
-from .common import cli, llama_cpp, machine, on_fresh_engine, report, timed
+from .common import cli, isolated, llama_cpp, machine, on_fresh_engine, report, timed
 
 
 async def compare(base, name: str, fn, runs: int) -> float:
@@ -47,7 +47,7 @@ async def main(runs: int, small: bool) -> None:
     t_on = await compare(base, "few_shot", lambda e: w.few_shot_raw(e, n=n, n_examples=ex), runs)
     await compare(base, "multi_turn", lambda e: w.multi_turn_raw(e, convs=convs, turns=turns), runs)
     await compare(base, "tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs, depth=depth), runs)
-    t_llama = llama_few_shot(base.model_path, n, 16, ex)
+    t_llama = isolated(llama_few_shot, base.model_path, n, 16, ex) if llama_cpp() else None
     if t_llama is not None:
         report("few_shot_vs_llama_cpp", sgagent_s=t_on, llama_cpp_s=t_llama, ratio=t_llama / t_on)
     else:

@@ -11,8 +11,7 @@ import asyncio
 import itertools
 from abc import ABC, abstractmethod
 
-import anyio
-
+from sgagent.engine import compute
 from sgagent.engine.output import OutputText
 from sgagent.engine.request import GenerateResult, SamplingParams, Usage, split_sampling
 from sgagent.errors import IncompleteGenerationError, InvalidPromptError
@@ -51,7 +50,7 @@ class SerialBackend(ABC):
         return c
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self.close)
+        await compute.run(self.close)
 
     def close(self) -> None:
         pass
@@ -64,7 +63,7 @@ class SerialBackend(ABC):
             raise InvalidPromptError("the prompt is empty")
         constraint = await self.engine._constraint_state(spec) if spec else None
         async with self._lock:
-            out_ids, cached = await anyio.to_thread.run_sync(self._generate, ids, params, constraint)
+            out_ids, cached = await compute.run(self._generate, ids, params, constraint)
         return self._result(ids, out_ids, cached, params, constraint)
 
     async def score(self, prompt=None, continuations=(), *, messages=None) -> list[list[float]]:
@@ -73,7 +72,7 @@ class SerialBackend(ABC):
         if any(not c for c in conts):
             raise InvalidPromptError("a continuation is empty")
         async with self._lock:
-            out, cached = await anyio.to_thread.run_sync(self._score, base, conts)
+            out, cached = await compute.run(self._score, base, conts)
         self._count(sum(len(base) + len(c) for c in conts), cached, 0)
         return out
 
@@ -105,7 +104,7 @@ class SerialBackend(ABC):
                               usage=Usage(len(ids), cached, len(out_ids)), finish_reason=reason, parsed=parsed,
                               decode_steps=len(out_ids))
 
-    # -- what a library fills in (run in a worker thread, one at a time) -------------------------
+    # -- what a library fills in (run on the engine's compute thread, one at a time) -------------------------
     @abstractmethod
     def _generate(self, ids: list[int], params: SamplingParams, constraint) -> tuple[list[int], int]:
         """Output token ids (an EOS included if one ended it) and how many prompt tokens were reused."""

@@ -13,11 +13,11 @@ def load_transformers_model(engine):
     """The transformers model on the engine's weights: its GGUF file (dequantized by transformers) or folder."""
     from transformers import AutoModelForCausalLM
 
-    path = engine._src.path
+    path, dtype = engine._src.path, engine.runner.dtype  # the engine's own precision: a like-for-like baseline
     if path.suffix == ".gguf":
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.eval()
 
 
