@@ -114,7 +114,12 @@ async def test_bfloat16_runs_close_to_float32(engine, tiny_models):
 
 
 async def test_bfloat16_default_model_close_to_transformers_bfloat16(engine):
-    """auto picks bfloat16 on CPUs with bf16 arithmetic: there it must still track transformers in bf16."""
+    """auto picks bfloat16 on CPUs with bf16 arithmetic: there it must still track transformers in bf16.
+
+    Along transformers' own greedy path (8 tokens after each prompt, teacher-forced), every position's logits
+    are close, and our argmax is transformers' wherever its top two are clearly apart: bf16 logits of this
+    model are ~0.1 apart from one value to the next, so near-ties may round either way on another CPU.
+    """
     from transformers import AutoModelForCausalLM
 
     from sgagent.engine import compute
@@ -123,30 +128,40 @@ async def test_bfloat16_default_model_close_to_transformers_bfloat16(engine):
     p = Path(bf.model_path)
     ref_model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.bfloat16).eval()
     runner = bf.runner
+    clear = 0
     try:
         for prompt in PROMPTS:
             ids = bf.tokenize(prompt)
-            req = Req("t", ids, SamplingParams(temperature=0), 0)
-            req.pages = runner.pool.alloc((len(ids) + 15) // 16)
+            path = hf_greedy(ref_model, ids, 8)
+            seq = ids + path[:-1]
+            rows = list(range(len(ids) - 1, len(seq)))  # the positions that predict path[0..7]
+            req = Req("t", seq, SamplingParams(temperature=0), 0)
+            req.pages = runner.pool.alloc((len(seq) + 15) // 16)
             plan = StepPlan()
-            plan.add(req, len(ids))
+            plan.add(req, len(seq))
 
-            def last_logits():
+            def logits_at_rows():
                 meta = runner.attn.prepare(plan.batch, runner.device)
                 h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions),
                                  runner.attn, meta)
-                return runner.model.logits(h[-1:])[0]
+                return runner.model.logits(h[rows])
 
             try:
-                ours = compute.call(last_logits)
+                ours = compute.call(logits_at_rows)
             finally:
                 runner.pool.free(req.pages)
             with torch.no_grad():
-                ref = ref_model(torch.tensor([ids])).logits[0, -1].float()
-            # bf16 keeps ~3 significant digits; over 30 layers the two forwards round differently
-            assert (ours - ref).abs().max() < 0.03 * ref.abs().max(), prompt
-            assert int(ours.argmax()) == int(ref.argmax()), prompt
-            r = await bf.generate(prompt, max_tokens=8, temperature=0.0, ignore_eos=True)
-            assert r.token_ids == hf_greedy(ref_model, ids, 8), prompt
+                ref = ref_model(torch.tensor([seq])).logits[0, rows].float()
+            # bf16 keeps ~3 significant digits and the two forwards round differently over 30 layers: measured
+            # here up to 0.63 apart (mean 0.14) on logits of magnitude ~30; a wrong forward is off by units
+            err = (ours - ref).abs()
+            assert err.max() < 0.05 * ref.abs().max() and err.mean() < 0.25, (prompt, err.max(), err.mean())
+            top2 = ref.topk(2).values
+            apart = (top2[:, 0] - top2[:, 1]) > 1.0
+            assert (ours.argmax(-1) == torch.tensor(path))[apart].all(), prompt
+            clear += int(apart.sum())
+        assert clear >= 25  # most of the 40 steps are decided clearly: the argmax check is not vacuous
+        r = await bf.generate(PROMPTS[0], max_tokens=8, temperature=0.0, ignore_eos=True)
+        assert r.token_ids[0] == hf_greedy(ref_model, bf.tokenize(PROMPTS[0]), 1)[0]
     finally:
         await bf.aclose()
