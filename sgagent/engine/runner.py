@@ -21,8 +21,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16). There, oneDNN's bf16 matmuls run
-    2-6x faster than fp32 at 16 rows and more (`python -m bench.cpu_projection`); elsewhere they have no
-    hardware path."""
+    2.7-4.5x faster than fp32 from 16 rows up (`python -m bench.cpu_projection`); elsewhere they have
+    no hardware path."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
     except (OSError, IndexError):
