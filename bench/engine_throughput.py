@@ -15,6 +15,7 @@ import sgagent
 
 from sgagent.engine import compute
 
+from .baselines.hf import load_transformers_model
 from .common import isolated, llama_cpp, machine, report, timed
 
 TOPICS = ["rivers", "volcanoes", "bees", "glaciers", "comets", "forests", "deserts", "coral reefs"]
@@ -74,17 +75,13 @@ async def main(runs: int, n: int, new: int) -> None:
     await engine.generate(ps[0], max_tokens=2)  # warm-up
     t_ours, _ = await timed(ours, runs)
     t_one, _ = await timed(one, runs)
-    from transformers import AutoModelForCausalLM
-
     toks = n * new
+    pad = engine.tokenizer.pad_token_id or 0
     fields = dict(requests=n, prompt_tokens=len(ps[0]), new_tokens=new, sgagent_dtype=str(dtype).split(".")[1],
                   sgagent_tok_s=toks / t_ours)
     # transformers in float32 (what the GGUF dequantizes to) and in the engine's own dtype when that differs
     for hf_dtype in dict.fromkeys([torch.float32, dtype]):
-        path = engine._src.path
-        hf = compute.call(lambda: AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                       dtype=hf_dtype).eval())
-        pad = engine.tokenizer.pad_token_id or 0
+        hf = compute.call(load_transformers_model, engine, hf_dtype)
         compute.call(hf_batched, hf, pad, ps[:2], 2)  # warm-up
         # on the engine's compute thread: one OpenMP team for both, neither slowed by the other's
         t_hf = sorted(compute.call(hf_batched, hf, pad, ps, new) for _ in range(max(1, runs - 1)))

@@ -27,20 +27,31 @@ async def test_greedy_tokens_equal_transformers(engine, hf_model):
         assert r.token_ids == hf_greedy(hf_model, engine.tokenize(p), 32), p
 
 
+def prefill_logits(e: sgagent.Engine, ids: list[int], rows: list[int]) -> torch.Tensor:
+    """Our forward over ids as one prefill, on the engine's compute thread; the logits at `rows`."""
+    from sgagent.engine import compute
+
+    runner = e.runner
+    req = Req("t", ids, SamplingParams(temperature=0), 0)
+    plan = StepPlan()
+
+    def run():
+        meta = runner.attn.prepare(plan.batch, runner.device)
+        h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions), runner.attn, meta)
+        return runner.model.logits(h[rows])
+
+    req.pages = runner.pool.alloc((len(ids) + 15) // 16)
+    try:
+        plan.add(req, len(ids))
+        return compute.call(run)
+    finally:
+        runner.pool.free(req.pages)
+
+
 async def test_last_position_logits_close(engine, hf_model):
-    runner = engine.runner
     for p in PROMPTS:
         ids = engine.tokenize(p)
-        req = Req("t", ids, SamplingParams(temperature=0), 0)
-        req.pages = runner.pool.alloc((len(ids) + 15) // 16)
-        try:
-            plan = StepPlan()
-            plan.add(req, len(ids))
-            meta = runner.attn.prepare(plan.batch, runner.device)
-            h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions), runner.attn, meta)
-            ours = runner.model.logits(h[-1:])[0]
-        finally:
-            runner.pool.free(req.pages)
+        ours = prefill_logits(engine, ids, [len(ids) - 1])[0]
         with torch.no_grad():
             ref = hf_model(torch.tensor([ids])).logits[0, -1].float()
         assert torch.allclose(ours, ref, atol=1e-3, rtol=0), (ours - ref).abs().max()
@@ -122,12 +133,9 @@ async def test_bfloat16_default_model_close_to_transformers_bfloat16(engine):
     """
     from transformers import AutoModelForCausalLM
 
-    from sgagent.engine import compute
-
     bf = sgagent.Engine(kv_cache_bytes=32 << 20, dtype="bfloat16")
     p = Path(bf.model_path)
     ref_model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.bfloat16).eval()
-    runner = bf.runner
     clear = 0
     try:
         for prompt in PROMPTS:
@@ -135,21 +143,7 @@ async def test_bfloat16_default_model_close_to_transformers_bfloat16(engine):
             path = hf_greedy(ref_model, ids, 8)
             seq = ids + path[:-1]
             rows = list(range(len(ids) - 1, len(seq)))  # the positions that predict path[0..7]
-            req = Req("t", seq, SamplingParams(temperature=0), 0)
-            req.pages = runner.pool.alloc((len(seq) + 15) // 16)
-            plan = StepPlan()
-            plan.add(req, len(seq))
-
-            def logits_at_rows():
-                meta = runner.attn.prepare(plan.batch, runner.device)
-                h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions),
-                                 runner.attn, meta)
-                return runner.model.logits(h[rows])
-
-            try:
-                ours = compute.call(logits_at_rows)
-            finally:
-                runner.pool.free(req.pages)
+            ours = prefill_logits(bf, seq, rows)
             with torch.no_grad():
                 ref = ref_model(torch.tensor([seq])).logits[0, rows].float()
             # bf16 keeps ~3 significant digits and the two forwards round differently over 30 layers: measured

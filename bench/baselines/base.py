@@ -104,7 +104,7 @@ class SerialBackend(ABC):
                               usage=Usage(len(ids), cached, len(out_ids)), finish_reason=reason, parsed=parsed,
                               decode_steps=len(out_ids))
 
-    # -- what a library fills in (run on the engine's compute thread, one at a time) -------------------------
+    # -- what a library fills in (run on the engine's compute thread, one at a time) ---------------
     @abstractmethod
     def _generate(self, ids: list[int], params: SamplingParams, constraint) -> tuple[list[int], int]:
         """Output token ids (an EOS included if one ended it) and how many prompt tokens were reused."""

@@ -9,11 +9,12 @@ from sgagent.engine.constrained.fsm import apply_masks
 from .base import SerialBackend
 
 
-def load_transformers_model(engine):
-    """The transformers model on the engine's weights: its GGUF file (dequantized by transformers) or folder."""
+def load_transformers_model(engine, dtype=None):
+    """The transformers model on the engine's weights: its GGUF file (dequantized by transformers) or folder,
+    in the engine's own precision unless told otherwise (a like-for-like baseline)."""
     from transformers import AutoModelForCausalLM
 
-    path, dtype = engine._src.path, engine.runner.dtype  # the engine's own precision: a like-for-like baseline
+    path, dtype = engine._src.path, dtype or engine.runner.dtype
     if path.suffix == ".gguf":
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     else:

@@ -15,19 +15,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
+_here = threading.local()  # .compute is True on the compute thread
+
+
+def _mark() -> None:
+    _here.compute = True
 
 
 def _pool() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgagent-compute")
+            _executor = ThreadPoolExecutor(1, thread_name_prefix="sgagent-compute", initializer=_mark)
         return _executor
 
 
 def call(fn, *args):
-    """fn(*args) on the compute thread, waiting for it (for set-up, never from the event loop's hot path)."""
-    if threading.current_thread().name.startswith("sgagent-compute"):
+    """fn(*args) on the compute thread, waiting for it (for set-up, never from the event loop's hot path).
+    Called from the compute thread itself, it runs fn at once (a queued call would wait for itself)."""
+    if getattr(_here, "compute", False):
         return fn(*args)
     return _pool().submit(fn, *args).result()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .scheduler import StepPlan
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16). There, oneDNN's bf16 matmuls run
     2.7-4.5x faster than fp32 from 16 rows up (`python -m bench.cpu_projection`); elsewhere they have
