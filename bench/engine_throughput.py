@@ -32,12 +32,14 @@ def prompts(engine, n: int, target: int = 128) -> list[list[int]]:
 
 def hf_batched(model, pad_id: int, ps: list[list[int]], new: int) -> float:
     width = max(map(len, ps))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in ps])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in ps], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=model.device)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                              do_sample=False, pad_token_id=pad_id)
+    if out.is_cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     assert out.shape[1] == width + new
     return dt
@@ -73,12 +75,23 @@ async def main(runs: int, n: int, new: int) -> None:
         return await engine.generate(single, max_tokens=128, temperature=0, ignore_eos=True)
 
     await engine.generate(ps[0], max_tokens=2)  # warm-up
+    await ours()  # warm-up at full size: on CUDA this captures the decode graphs
     t_ours, _ = await timed(ours, runs)
     t_one, _ = await timed(one, runs)
     toks = n * new
     pad = engine.tokenizer.pad_token_id or 0
     fields = dict(requests=n, prompt_tokens=len(ps[0]), new_tokens=new, sgagent_dtype=str(dtype).split(".")[1],
+                  attention=type(engine.runner.attn).__name__, cuda_graphs=engine.runner.graphs is not None,
                   sgagent_tok_s=toks / t_ours)
+    if engine.runner.device.type == "cuda":  # what the GPU path's parts give: graphs off, then torch attention
+        for label, over in (("no_graphs", dict(cuda_graphs=False)), ("torch_attention", dict(attention_backend="torch"))):
+            other = engine.with_config(**over)
+            run = lambda: asyncio.gather(*(other.generate(p, max_tokens=new, temperature=0, ignore_eos=True)
+                                           for p in ps))
+            await run()  # warm-up (and, with graphs, their captures)
+            t, _ = await timed(run, runs)
+            fields[f"sgagent_{label}_tok_s"] = toks / t
+            await other.aclose()
     # transformers in float32 (what the GGUF dequantizes to) and in the engine's own dtype when that differs
     for hf_dtype in dict.fromkeys([torch.float32, dtype]):
         hf = compute.call(load_transformers_model, engine, hf_dtype)

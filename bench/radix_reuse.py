@@ -5,21 +5,34 @@ python -m bench.radix_reuse [--runs 1] [--small]
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import sgagent
 
 from . import workloads as w
-from .common import cli, isolated, llama_cpp, machine, on_fresh_engine, report, timed
+from .common import cli, isolated, llama_cpp, machine, report
+
+
+async def cold(base, fn, radix: bool) -> tuple[float, dict]:
+    """Seconds of fn on a new engine (an empty cache), its start-up (pool, CUDA graphs) not counted; its stats."""
+    e = base.with_config(radix_cache=radix)
+    try:
+        t0 = time.perf_counter()
+        await fn(e)
+        return time.perf_counter() - t0, e.stats()
+    finally:
+        await e.aclose()
 
 
 async def compare(base, name: str, fn, runs: int) -> float:
     times = {}
     hit = 0.0
     for radix in (True, False):
-        times[radix], stats = await timed(lambda: on_fresh_engine(base, fn, radix_cache=radix), runs)
+        got = [await cold(base, fn, radix) for _ in range(runs)]
+        times[radix] = statistics.median(t for t, _ in got)
         if radix:
-            hit = stats["cache_hit_rate"]
+            hit = got[-1][1]["cache_hit_rate"]
     report(f"radix_{name}", on_s=times[True], off_s=times[False], ratio=times[False] / times[True],
            hit_rate=hit, runs=runs)
     return times[True]

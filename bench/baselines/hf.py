@@ -19,7 +19,7 @@ def load_transformers_model(engine, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    return model.eval()
+    return model.to(engine.runner.device).eval()
 
 
 class _ConstraintMask:

@@ -18,6 +18,7 @@ class EngineConfig:
     max_running_requests: int = 128
     max_batch_tokens: int = 512  # token budget per step (prefill chunks + decodes)
     max_context: int | None = None  # defaults to the model's context length
+    cuda_graphs: bool = True  # CUDA with flashinfer: decode steps replay captured graphs
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
     shared_prefix_attention: bool = True  # torch backend: pages that several sequences share are attended once per group
     starvation_steps: int = 64  # a request skipped this many steps is admitted first

@@ -61,20 +61,31 @@ class ModelRunner:
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
                                  cfg.shared_prefix_attention)
+        self.graphs = None
+        if cfg.cuda_graphs and self.device.type == "cuda" and type(self.attn).__name__ == "FlashInferAttention":
+            from .cuda_graphs import DecodeGraphs
+
+            max_context = cfg.max_context or src.config.max_position
+            self.graphs = DecodeGraphs(self.model, self.attn, cfg.max_running_requests,
+                                       -(-max_context // cfg.page_size) + 1)
+            self.graphs.capture_all()
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
         b = plan.batch
         if plan.copies:
             self.pool.copy_tokens(plan.copies)
-        ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
-        hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device))
         lp_rows = [r for it in plan.items for r in it.lp_rows]
         rows = torch.tensor(b.logit_rows + lp_rows, dtype=torch.long, device=self.device)
-        if len(rows) == 0:
+        if self.graphs is not None and self.graphs.fits(b):
+            logits = self.graphs.run(b)[rows]  # a decode's row i is sequence i
+        else:
+            ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
+            pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
+            hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device))
+            logits = self.model.logits(hidden[rows]) if len(rows) else None
+        if logits is None:
             return StepOutput([], [], [[] for _ in plan.items])
-        logits = self.model.logits(hidden[rows])
         n = len(b.logit_rows)
         sampling = [it.req for it in plan.items if it.sample]
         tokens, chosen = [], []
