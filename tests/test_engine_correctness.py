@@ -37,8 +37,9 @@ def prefill_logits(e: sgagent.Engine, ids: list[int], rows: list[int]) -> torch.
 
     def run():
         meta = runner.attn.prepare(plan.batch, runner.device)
-        h = runner.model(torch.tensor(plan.batch.input_ids), torch.tensor(plan.batch.positions), runner.attn, meta)
-        return runner.model.logits(h[rows])
+        ids, pos = (torch.tensor(x, device=runner.device) for x in (plan.batch.input_ids, plan.batch.positions))
+        h = runner.model(ids, pos, runner.attn, meta)
+        return runner.model.logits(h[rows]).cpu()
 
     req.pages = runner.pool.alloc((len(ids) + 15) // 16)
     try:

@@ -16,7 +16,9 @@ class EngineConfig:
     kv_pages: int | None = None  # an exact page count instead of the byte budget
     page_size: int = 16
     max_running_requests: int = 128
-    max_batch_tokens: int = 512  # token budget per step (prefill chunks + decodes)
+    # token budget per step (prefill chunks + decodes); None: 512 on CPU, where a step's time grows with it and
+    # decodes wait behind long prefills, 8192 on CUDA, where a step that size costs little more than a decode
+    max_batch_tokens: int | None = None
     max_context: int | None = None  # defaults to the model's context length
     cuda_graphs: bool = True  # CUDA with flashinfer: decode steps replay captured graphs
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline

@@ -6,6 +6,10 @@ from __future__ import annotations
 class OutputText:
     def __init__(self, tokenizer, stop: list[str]):
         self.tokenizer = tokenizer
+        # the Rust tokenizer itself: transformers' decode wrapper type-checks every id on every call, which
+        # cost more than the decoding (re-decoded after each token); without clean-up both give the same text
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._decode = backend.decode if backend is not None else self._decode_slow
         self.stop = stop
         self.text = ""
         self.sent = 0
@@ -13,7 +17,7 @@ class OutputText:
 
     def update(self, output_ids: list[int]) -> bool:
         """Re-decode; True when a stop string appeared (the text is then cut right before it)."""
-        text = self.tokenizer.decode(output_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = self._decode(output_ids, skip_special_tokens=True)
         if self.stop:
             start = max(0, len(self.text) - self._hold)
             hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
@@ -22,6 +26,9 @@ class OutputText:
                 return True
         self.text = text
         return False
+
+    def _decode_slow(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
 
     def delta(self, final: bool) -> str:
         end = len(self.text)
