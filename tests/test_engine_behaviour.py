@@ -103,6 +103,15 @@ def test_unsupported_architecture(tmp_path):
         sgagent.Engine(str(tmp_path))
 
 
+def test_attention_backend_choice_is_checked(engine, tiny_models):
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        engine.with_config(attention_backend="xformers")
+    # flashinfer has no kernels for the tiny models' 16-wide heads: asked for, it is refused before any import
+    path, _ = tiny_models["llama"]
+    with pytest.raises(ValueError, match="head size"):
+        sgagent.Engine(str(path), attention_backend="flashinfer", dtype="bfloat16", kv_cache_bytes=1 << 20)
+
+
 async def test_prompt_bigger_than_pool_is_rejected(engine):
     tiny = engine.with_config(kv_cache_bytes=1 << 20)  # a handful of pages
     try:

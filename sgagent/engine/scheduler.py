@@ -7,7 +7,6 @@ the last one is in, the next token is sampled. All of this state is touched only
 
 from __future__ import annotations
 
-import os.path
 from dataclasses import dataclass, field
 
 from .batch import ForwardBatch, SeqSlice
@@ -219,7 +218,9 @@ class Scheduler:
                 key = self._match_limit(req)
                 cached = self.tree.match_len(key)
                 # a request computing the same uncached prefix right now: wait and reuse its pages
-                if any(len(os.path.commonprefix([req.tokens, t])) >= cached + self.ps for t in sharing):
+                k = cached + self.ps
+                head = req.tokens[:k]
+                if len(head) == k and any(t[:k] == head for t in sharing):
                     continue
                 pages, node = self.tree.match(key)
                 self.tree.lock(node)

@@ -5,16 +5,24 @@ from __future__ import annotations
 import torch
 
 
+# head sizes flashinfer's FA2 kernels are built for; others (tiny test models' 16, say) fail inside the kernel
+FLASHINFER_HEAD_DIMS = (64, 128, 256)
+
+
 def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32, share_prefixes=True):
+    head_dim = pool.k.shape[-1]
     if name == "auto":
         # flashinfer's kernels take half-precision inputs only
         half = dtype in (torch.float16, torch.bfloat16)
-        name = "flashinfer" if device.type == "cuda" and half and _flashinfer_usable(device) else "torch"
+        fits = half and head_dim in FLASHINFER_HEAD_DIMS
+        name = "flashinfer" if device.type == "cuda" and fits and _flashinfer_usable(device) else "torch"
     if name == "torch":
         from .torch_backend import TorchAttention
 
         return TorchAttention(pool, num_heads, share_prefixes)
     if name == "flashinfer":
+        if head_dim not in FLASHINFER_HEAD_DIMS:
+            raise ValueError(f"flashinfer attention needs a head size in {FLASHINFER_HEAD_DIMS}; this model's is {head_dim}")
         from .flashinfer_backend import FlashInferAttention
 
         return FlashInferAttention(pool, device, num_heads)
