@@ -303,7 +303,8 @@ class Engine(Prompting):
             if req.constraint.is_done():
                 return self._finish(req, "stop")
         h = req.handle
-        if h.out.update(req.output_ids):
+        # the text is needed before the end only to find stop strings or to stream it; _finish decodes it anyway
+        if (h.out.stop or h.queue is not None) and h.out.update(req.output_ids):
             return self._finish(req, "stop")
         if not req.wants_token or len(req.tokens) >= self.max_context:
             return self._finish(req, "length")
