@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .attention import make_backend
+from .attention.flashinfer_backend import FlashInferAttention  # flashinfer itself is imported only when used
 from .config import EngineConfig
 from .constrained.fsm import apply_masks
 from .kv_pool import KVPool
@@ -62,7 +63,7 @@ class ModelRunner:
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
                                  cfg.shared_prefix_attention)
         self.graphs = None
-        if cfg.cuda_graphs and self.device.type == "cuda" and type(self.attn).__name__ == "FlashInferAttention":
+        if cfg.cuda_graphs and self.device.type == "cuda" and isinstance(self.attn, FlashInferAttention):
             from .cuda_graphs import DecodeGraphs
 
             max_context = cfg.max_context or src.config.max_position
