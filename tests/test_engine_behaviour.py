@@ -110,6 +110,14 @@ def test_attention_backend_choice_is_checked(engine, tiny_models):
     path, _ = tiny_models["llama"]
     with pytest.raises(ValueError, match="head size"):
         sgagent.Engine(str(path), attention_backend="flashinfer", dtype="bfloat16", kv_cache_bytes=1 << 20)
+    # and `auto` on CUDA leaves such a model on the torch backend without asking for flashinfer at all
+    from types import SimpleNamespace
+
+    from sgagent.engine.attention import make_backend
+    from sgagent.engine.attention.torch_backend import TorchAttention
+
+    pool = SimpleNamespace(k=torch.empty(2, 64, 2, 16, dtype=torch.bfloat16), page_size=16)
+    assert isinstance(make_backend("auto", pool, torch.device("cuda"), 4, torch.bfloat16), TorchAttention)
 
 
 async def test_prompt_bigger_than_pool_is_rejected(engine):
