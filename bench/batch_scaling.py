@@ -7,12 +7,10 @@ Shows where continuous batching stops paying (on a GPU: where CUDA-graph decode 
 
 from __future__ import annotations
 
-import asyncio
-
 import sgagent
 
 from .common import cli, machine, report, timed
-from .engine_throughput import prompts
+from .engine_throughput import generate_all, prompts
 
 
 async def main(runs: int, small: bool) -> None:
@@ -21,9 +19,8 @@ async def main(runs: int, small: bool) -> None:
     sizes, new = ((1, 4), 8) if small else ((1, 8, 32, 64, 128, 256), 64)
     ps = prompts(engine, max(sizes))
     for n in sizes:
-        async def go(n=n):
-            return await asyncio.gather(*(engine.generate(p, max_tokens=new, temperature=0, ignore_eos=True)
-                                          for p in ps[:n]))
+        def go(n=n):
+            return generate_all(engine, ps[:n], new)
 
         await go()  # warm-up
         t, _ = await timed(go, runs)

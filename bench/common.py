@@ -43,10 +43,17 @@ async def timed(fn, runs: int) -> tuple[float, object]:
 
 async def on_fresh_engine(base, fn, **overrides) -> dict:
     """Await fn(engine) on a new engine sharing base's weights (a cold cache); returns its stats."""
+    return (await cold_run(base, fn, **overrides))[1]
+
+
+async def cold_run(base, fn, **overrides) -> tuple[float, dict]:
+    """Seconds of fn(engine) on a new engine sharing base's weights (a cold cache), the engine's start-up
+    (pool, CUDA graphs) not counted; and its stats."""
     e = base.with_config(**overrides)
     try:
+        t0 = time.perf_counter()
         await fn(e)
-        return e.stats()
+        return time.perf_counter() - t0, e.stats()
     finally:
         await e.aclose()
 

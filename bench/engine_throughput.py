@@ -30,6 +30,11 @@ def prompts(engine, n: int, target: int = 128) -> list[list[int]]:
     return out
 
 
+async def generate_all(engine, ps: list[list[int]], new: int):
+    """Every prompt at once, `new` greedy tokens each (EOS ignored): one batched run."""
+    return await asyncio.gather(*(engine.generate(p, max_tokens=new, temperature=0, ignore_eos=True) for p in ps))
+
+
 def hf_batched(model, pad_id: int, ps: list[list[int]], new: int) -> float:
     width = max(map(len, ps))
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in ps], device=model.device)
@@ -65,7 +70,7 @@ async def main(runs: int, n: int, new: int) -> None:
     ps = prompts(engine, n)
 
     async def ours():
-        rs = await asyncio.gather(*(engine.generate(p, max_tokens=new, temperature=0, ignore_eos=True) for p in ps))
+        rs = await generate_all(engine, ps, new)
         assert all(len(r.token_ids) == new for r in rs)
         return rs
 
@@ -86,10 +91,8 @@ async def main(runs: int, n: int, new: int) -> None:
     if engine.runner.device.type == "cuda":  # what the GPU path's parts give: graphs off, then torch attention
         for label, over in (("no_graphs", dict(cuda_graphs=False)), ("torch_attention", dict(attention_backend="torch"))):
             other = engine.with_config(**over)
-            run = lambda: asyncio.gather(*(other.generate(p, max_tokens=new, temperature=0, ignore_eos=True)
-                                           for p in ps))
-            await run()  # warm-up (and, with graphs, their captures)
-            t, _ = await timed(run, runs)
+            await generate_all(other, ps, new)  # warm-up
+            t, _ = await timed(lambda: generate_all(other, ps, new), runs)
             fields[f"sgagent_{label}_tok_s"] = toks / t
             await other.aclose()
     # transformers in float32 (what the GGUF dequantizes to) and in the engine's own dtype when that differs

@@ -11,25 +11,14 @@ import time
 import sgagent
 
 from . import workloads as w
-from .common import cli, isolated, llama_cpp, machine, report
-
-
-async def cold(base, fn, radix: bool) -> tuple[float, dict]:
-    """Seconds of fn on a new engine (an empty cache), its start-up (pool, CUDA graphs) not counted; its stats."""
-    e = base.with_config(radix_cache=radix)
-    try:
-        t0 = time.perf_counter()
-        await fn(e)
-        return time.perf_counter() - t0, e.stats()
-    finally:
-        await e.aclose()
+from .common import cli, cold_run, isolated, llama_cpp, machine, report
 
 
 async def compare(base, name: str, fn, runs: int) -> float:
     times = {}
     hit = 0.0
     for radix in (True, False):
-        got = [await cold(base, fn, radix) for _ in range(runs)]
+        got = [await cold_run(base, fn, radix_cache=radix) for _ in range(runs)]
         times[radix] = statistics.median(t for t, _ in got)
         if radix:
             hit = got[-1][1]["cache_hit_rate"]

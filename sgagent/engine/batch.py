@@ -18,6 +18,22 @@ class SeqSlice:
     def kv_len(self) -> int:
         return self.prefix_len + self.q_len
 
+    def new_slots(self, ps: int) -> list[int]:
+        """Pool slots (page * page_size + offset) that this step's q_len new tokens are written to."""
+        return [self.pages[p // ps] * ps + p % ps for p in range(self.prefix_len, self.kv_len)]
+
+
+def page_table(seqs: list[SeqSlice], ps: int) -> tuple[list[int], list[int], list[int]]:
+    """The seqs' pages in CSR form, as paged-attention kernels take them: (indptr, page indices, tokens in
+    each sequence's last page)."""
+    indptr, indices, last_len = [0], [], []
+    for s in seqs:
+        n = (s.kv_len + ps - 1) // ps
+        indices.extend(s.pages[:n])
+        indptr.append(len(indices))
+        last_len.append(s.kv_len - (n - 1) * ps)
+    return indptr, indices, last_len
+
 
 @dataclass
 class ForwardBatch:

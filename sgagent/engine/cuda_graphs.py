@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention.flashinfer_backend import StepMeta
-from .batch import ForwardBatch
+from .batch import ForwardBatch, page_table
 
 SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
@@ -32,7 +32,6 @@ class DecodeGraphs:
         self.model, self.attn = model, attn
         self.max_batch = max_batch
         self.sizes = [s for s in SIZES if s < max_batch] + [max_batch]
-        self.max_pages_per_seq = max_pages_per_seq
         dev = attn.device
         self.inputs = torch.zeros(3, max_batch, dtype=torch.long, device=dev)  # token ids, positions, KV slots
         self.indptr = torch.zeros(max_batch + 1, dtype=torch.int32, device=dev)
@@ -55,21 +54,15 @@ class DecodeGraphs:
         n = len(batch.seqs)
         bs = next(s for s in self.sizes if s >= n)
         ps = self.attn.pool.page_size
-        indptr, indices, last_len, slots = [0], [], [], []
-        for s in batch.seqs:
-            npages = (s.kv_len + ps - 1) // ps
-            indices.extend(s.pages[:npages])
-            indptr.append(len(indices))
-            last_len.append(s.kv_len - (npages - 1) * ps)
-            p = s.prefix_len
-            slots.append(s.pages[p // ps] * ps + p % ps)
+        indptr, indices, last_len = page_table(batch.seqs, ps)
+        slots = [s.new_slots(ps)[0] for s in batch.seqs]
         pad = bs - n
         indices.extend([0] * pad)
         indptr.extend(range(indptr[-1] + 1, indptr[-1] + pad + 1))
         last_len.extend([1] * pad)
         host = torch.tensor([batch.input_ids + [0] * pad, batch.positions + [0] * pad, slots + [0] * pad])
         self.inputs[:, :bs].copy_(host)
-        g = self.graphs.get(bs) or self._capture(bs)
+        g = self.graphs[bs]
         self.attn.plan_decode(g.wrapper, indptr, indices, last_len)
         g.graph.replay()
         self.replays += 1
@@ -80,7 +73,7 @@ class DecodeGraphs:
         hidden = self.model(ids, pos, self.attn, StepMeta(slots, wrapper))
         return self.model.logits(hidden)
 
-    def _capture(self, bs: int) -> _Graph:
+    def _capture(self, bs: int) -> None:
         wrapper = self.attn.graph_decode_wrapper(self.indptr[: bs + 1], self.indices, self.last_len[:bs])
         # captured on a plan of one padding page per row; a plan in graph mode keeps the launch shape fixed
         self.attn.plan_decode(wrapper, list(range(bs + 1)), [0] * bs, [1] * bs)
@@ -94,4 +87,3 @@ class DecodeGraphs:
         with torch.cuda.graph(graph, pool=self.mempool):
             logits = self._forward(bs, wrapper)
         self.graphs[bs] = _Graph(graph, wrapper, logits)
-        return self.graphs[bs]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batch import ForwardBatch
+from ..batch import ForwardBatch, page_table
 
 # One kernel family for every wrapper: FA2 runs on every GPU from sm75, and a single family means a single JIT
 # build (the auto choice would add FA3 on Hopper for prefills, another build of minutes for a model this small).
@@ -43,14 +43,10 @@ class FlashInferAttention:
 
     def prepare(self, batch: ForwardBatch, device) -> StepMeta:
         ps = self.pool.page_size
-        qo, kv_indptr, kv_indices, last_len, slot_mapping = [0], [0], [], [], []
+        qo = [0]
         for s in batch.seqs:
-            npages = (s.kv_len + ps - 1) // ps
             qo.append(qo[-1] + s.q_len)
-            kv_indices.extend(s.pages[:npages])
-            kv_indptr.append(len(kv_indices))
-            last_len.append(s.kv_len - (npages - 1) * ps)
-            slot_mapping.extend(s.pages[p // ps] * ps + p % ps for p in range(s.prefix_len, s.kv_len))
+        kv_indptr, kv_indices, last_len = page_table(batch.seqs, ps)
         # plan() reads the page tables on the host and copies what the kernels need
         self.prefill.plan(
             torch.tensor(qo, dtype=torch.int32),
@@ -65,7 +61,8 @@ class FlashInferAttention:
             q_data_type=self.pool.k.dtype,
             kv_data_type=self.pool.k.dtype,
         )
-        return StepMeta(torch.tensor(slot_mapping, dtype=torch.long, device=device), self.prefill)
+        slots = [slot for s in batch.seqs for slot in s.new_slots(ps)]
+        return StepMeta(torch.tensor(slots, dtype=torch.long, device=device), self.prefill)
 
     def graph_decode_wrapper(self, indptr: torch.Tensor, indices: torch.Tensor, last_len: torch.Tensor):
         """A decode wrapper whose page tables live in the given device buffers, fixed for a CUDA graph's life.

@@ -48,10 +48,6 @@ class TorchMeta:
     extends: list[_Extend] = field(default_factory=list)
 
 
-def _slots(pages: list[int], start: int, end: int, ps: int) -> list[int]:
-    return [pages[p // ps] * ps + p % ps for p in range(start, end)]
-
-
 def _npages(tokens: int, ps: int) -> int:
     return (tokens + ps - 1) // ps
 
@@ -67,7 +63,7 @@ class TorchAttention:
         slot_mapping = []
         short, extends = [], []
         for s in batch.seqs:
-            slot_mapping.extend(_slots(s.pages, s.prefix_len, s.kv_len, ps))
+            slot_mapping.extend(s.new_slots(ps))
             (short if s.q_len <= SHORT_QUERIES else extends).append(s)
         meta = TorchMeta(torch.tensor(slot_mapping, dtype=torch.long, device=device))
         if short:
