@@ -23,6 +23,9 @@ class EngineConfig:
     cuda_graphs: bool = True  # CUDA with flashinfer: decode steps replay captured graphs
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
     shared_prefix_attention: bool = True  # torch backend: pages that several sequences share are attended once per group
+    # torch backend on CPU: decode attention by a C++ kernel reading the paged pool in place (built on first use,
+    # ~10 s with g++); off, or without a compiler: gather the pages, then SDPA
+    cpu_attention_kernel: bool = True
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
     jump_forward: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...

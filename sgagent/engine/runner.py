@@ -61,7 +61,7 @@ class ModelRunner:
         self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
-                                 cfg.shared_prefix_attention)
+                                 cfg.shared_prefix_attention, cfg.cpu_attention_kernel)
         self.graphs = None
         if cfg.cuda_graphs and self.device.type == "cuda" and isinstance(self.attn, FlashInferAttention):
             from .cuda_graphs import DecodeGraphs

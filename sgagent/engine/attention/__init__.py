@@ -9,7 +9,8 @@ import torch
 FLASHINFER_HEAD_DIMS = (64, 128, 256)
 
 
-def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32, share_prefixes=True):
+def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32, share_prefixes=True,
+                 cpu_kernel=True):
     head_dim = pool.k.shape[-1]
     if name == "auto":
         # flashinfer's kernels take half-precision inputs only
@@ -19,7 +20,12 @@ def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=to
     if name == "torch":
         from .torch_backend import TorchAttention
 
-        return TorchAttention(pool, num_heads, share_prefixes)
+        ops = None
+        if cpu_kernel and device.type == "cpu":
+            from .cpu_kernel import cpu_ops
+
+            ops = cpu_ops()
+        return TorchAttention(pool, num_heads, share_prefixes, ops)
     if name == "flashinfer":
         if head_dim not in FLASHINFER_HEAD_DIMS:
             raise ValueError(f"flashinfer attention needs a head size in {FLASHINFER_HEAD_DIMS}; this model's is {head_dim}")

@@ -1,6 +1,7 @@
 """Attention in plain torch over the paged pool (CPU and any device).
 
-K/V are gathered page by page (a page is one contiguous block of the pool). Short sequences of a step
+K/V are gathered page by page (a page is one contiguous block of the pool); on CPU, short sequences skip
+the gather when the C++ ops (cpu_kernel) are built: they read their pages in place. Short sequences of a step
 (decodes, and the few tokens a jump-forward appends) run as one padded call over each sequence's own
 pages; prefixes that several of them share through the radix tree are attended once per group and
 merged in (see prefix_groups). Longer extends (prefill chunks) run one call each, since their query
@@ -34,6 +35,7 @@ class _Extend:
 class _Group:
     members: torch.Tensor  # positions among the step's short sequences
     pages: torch.Tensor  # the pages they share
+    limits: torch.Tensor | None = None  # C++ path: [1, members * rows] keys each query row sees (all of them)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class TorchMeta:
     short_all: bool = False  # every row is a decode, in order: no gather/scatter of rows needed
     short_pages: torch.Tensor | None = None  # [B, P] each sequence's unshared pages, padded with page 0
     short_bias: torch.Tensor | None = None  # [B, 1, heads per K/V head * Q, P * page_size], see _short
+    short_limits: torch.Tensor | None = None  # C++ path, instead of the bias: [B, heads per K/V head * Q] keys seen
     groups: list[_Group] = field(default_factory=list)
     extends: list[_Extend] = field(default_factory=list)
 
@@ -53,10 +56,12 @@ def _npages(tokens: int, ps: int) -> int:
 
 
 class TorchAttention:
-    def __init__(self, pool, num_heads: int, share_prefixes: bool = True):
+    def __init__(self, pool, num_heads: int, share_prefixes: bool = True, ops=None):
         self.pool = pool
         self.group = num_heads // pool.k.shape[2]  # query heads per K/V head
         self.share_prefixes = share_prefixes
+        self.ops = ops  # cpu_kernel.cpu_ops(): short sequences' attention and K/V stores in C++; None: plain torch
+        self.scale = pool.k.shape[-1] ** -0.5
 
     def prepare(self, batch: ForwardBatch, device) -> TorchMeta:
         ps = self.pool.page_size
@@ -83,8 +88,12 @@ class TorchAttention:
         skip = [0] * len(seqs)  # leading pages attended through a group
         if self.share_prefixes:
             for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps):
-                meta.groups.append(_Group(torch.tensor(g.members, device=device),
-                                          torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
+                grp = _Group(torch.tensor(g.members, device=device),
+                             torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device))
+                if self.ops is not None:
+                    rows = len(g.members) * self.group * max(s.q_len for s in seqs)
+                    grp.limits = torch.full((1, rows), g.pages * ps, dtype=torch.int32)
+                meta.groups.append(grp)
                 for m in g.members:
                     skip[m] = g.pages
         own = [s.kv_len - skip[i] * ps for i, s in enumerate(seqs)]
@@ -98,10 +107,14 @@ class TorchAttention:
             rows.append([s.row + j for j in qi])
             last_key.append([own[i] - s.q_len + j for j in qi])  # own-relative position of each query
         meta.short_pages = torch.tensor(pages, dtype=torch.long, device=device)
-        mask = torch.arange(width * ps)[None, None, :] <= torch.tensor(last_key)[:, :, None]  # [B, Q, L]
-        # rows of a K/V head are (grouped head, query position): repeat each position's mask per head
-        mask = mask[:, None].expand(-1, self.group, -1, -1).reshape(len(seqs), 1, self.group * nq, -1)
-        meta.short_bias = mask_bias(mask, self.pool.k.dtype).to(device)
+        # rows of a K/V head are (grouped head, query position): each position's visible keys, repeated per head
+        if self.ops is not None:
+            seen = torch.tensor(last_key, dtype=torch.int32) + 1  # [B, Q]
+            meta.short_limits = seen[:, None].expand(-1, self.group, -1).reshape(len(seqs), -1).contiguous()
+        else:
+            mask = torch.arange(width * ps)[None, None, :] <= torch.tensor(last_key)[:, :, None]  # [B, Q, L]
+            mask = mask[:, None].expand(-1, self.group, -1, -1).reshape(len(seqs), 1, self.group * nq, -1)
+            meta.short_bias = mask_bias(mask, self.pool.k.dtype).to(device)
         meta.short_rows = torch.tensor(rows, dtype=torch.long, device=device)
         meta.short_valid = torch.tensor([[j < s.q_len for j in range(nq)] for s in seqs], device=device).reshape(-1)
         meta.short_all = nq == 1 and len(seqs) == num_seqs
@@ -118,15 +131,23 @@ class TorchAttention:
         hkv, g = kc.shape[1], self.group
         r = g * Q  # query rows per K/V head: its grouped heads at every position
         qg = q.view(B, Q, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, r, D)
-        kd, vd = self._gather(kc, meta.short_pages), self._gather(vc, meta.short_pages)
-        out, lse = attend(qg, kd, vd, meta.short_bias)
+        if self.ops is not None:
+            out, lse = self.ops.paged_attention(qg, kc, vc, meta.short_pages, meta.short_limits, self.pool.page_size,
+                                                self.scale)
+        else:
+            kd, vd = self._gather(kc, meta.short_pages), self._gather(vc, meta.short_pages)
+            out, lse = attend(qg, kd, vd, meta.short_bias)
         if meta.groups:
             shared_o = torch.zeros_like(out)
             shared_lse = torch.full_like(lse, float("-inf"))
             for grp in meta.groups:
                 n = len(grp.members)
                 qs = qg.index_select(0, grp.members).transpose(0, 1).reshape(1, hkv, n * r, D)
-                o, l = attend(qs, self._gather(kc, grp.pages[None]), self._gather(vc, grp.pages[None]))
+                if self.ops is not None:
+                    o, l = self.ops.paged_attention(qs, kc, vc, grp.pages[None], grp.limits, self.pool.page_size,
+                                                    self.scale)
+                else:
+                    o, l = attend(qs, self._gather(kc, grp.pages[None]), self._gather(vc, grp.pages[None]))
                 shared_o[grp.members] = o[0].view(hkv, n, r, D).transpose(0, 1)
                 shared_lse[grp.members] = l[0].view(hkv, n, r).transpose(0, 1)
             out = merge(shared_o, shared_lse, out, lse)
@@ -135,8 +156,11 @@ class TorchAttention:
     def __call__(self, layer: int, q, k, v, meta: TorchMeta) -> torch.Tensor:
         """q: [T, H, D]; k, v: [T, Hkv, D] for this step's tokens. Returns [T, H*D]."""
         kc, vc = self.pool.k[layer], self.pool.v[layer]
-        kc.index_copy_(0, meta.slot_mapping, k)
-        vc.index_copy_(0, meta.slot_mapping, v)
+        if self.ops is not None:
+            self.ops.store_kv(kc, vc, meta.slot_mapping, k, v)
+        else:
+            kc.index_copy_(0, meta.slot_mapping, k)
+            vc.index_copy_(0, meta.slot_mapping, v)
         T, H, D = q.shape
         if meta.short_all:
             return self._short(kc, vc, q[:, None], meta).reshape(T, H * D)

@@ -1,0 +1,61 @@
+"""The C++ ops of the CPU attention path (csrc/paged_attention.cpp), built on first use.
+
+torch's extension loader compiles it once per machine (about 10 s with g++) into its cache
+(~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and later processes just load it. Without a C++
+compiler the torch backend keeps its gather-then-SDPA path: same results, slower steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ...log import get_logger
+
+SOURCE = Path(__file__).with_name("csrc") / "paged_attention.cpp"
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's feature flags: the build uses -march=native, so a cache shared between
+    machines (a network home) must not hand one CPU's binary to another."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = next(line for line in text.splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = os.uname().machine
+    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
+@functools.cache
+def cpu_ops():
+    """The op namespace torch.ops.sgagent_cpu, or None where it cannot be built here (the reason is logged):
+
+    - paged_attention(q [N, Hkv, R, D], k_cache, v_cache [slots, Hkv, D], pages [N, P] int64, limits [N, R]
+      int32, page_size, scale) -> (out [N, Hkv, R, D], lse [N, Hkv, R] float32): query row r of sequence n
+      attends to the first limits[n, r] keys of its pages;
+    - store_kv(k_cache, v_cache, slots [T] int64, k, v [T, Hkv, D]): writes this step's K/V rows to their slots.
+    """
+    log = get_logger("sgagent.engine")
+    t0 = time.perf_counter()
+    try:
+        import ninja  # torch's loader drives the build with ninja, which it looks for on PATH
+
+        if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        from torch.utils.cpp_extension import load
+
+        load(name=f"sgagent_cpu_attention_{_cpu_tag()}", sources=[str(SOURCE)],
+             extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+             # -fopenmp links libgomp.so.1 by soname: the loader hands back the copy torch already loaded, so
+             # the kernel's threads are torch's own team rather than a second one fighting it for the cores
+             extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    except Exception as e:  # no compiler, no ninja, a failed build: the torch path still works
+        log.warning("cpu_kernel.unavailable", error=f"{type(e).__name__}: {str(e)[-300:]}")
+        return None
+    log.info("cpu_kernel.ready", seconds=round(time.perf_counter() - t0, 2))
+    return torch.ops.sgagent_cpu

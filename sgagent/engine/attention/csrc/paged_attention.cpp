@@ -1,0 +1,222 @@
+// Attention for a few query rows per sequence, reading K/V from the paged pool in place.
+//
+// The plain-torch path gathers every sequence's pages into a padded copy before SDPA: on a CPU decode step
+// that copy (written once, read once) costs about as much as the attention itself. Here each (sequence,
+// K/V head) task walks its page table and reads the pool where it lies.
+// Built on first use by sgagent/engine/attention/cpu_kernel.py (torch's C++ extension loader, -march=native).
+//
+// Registered as torch.ops.sgagent_cpu.* (no Python binding module: the op library is all that is loaded).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+namespace {
+
+template <typename T>
+inline float widen(T x) {
+  return static_cast<float>(x);
+}
+
+template <>
+inline float widen(c10::BFloat16 x) {  // the bit shift, written so loops of it vectorise
+  uint32_t u = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename T>
+inline void load_row(const T* src, float* dst, int64_t d) {
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) dst[i] = widen(src[i]);
+}
+
+// q [N, H, R, D]; caches [slots, H, D]; pages [N, P]; limits [N, R]: row r of sequence n sees keys
+// 0..limits[n, r]-1 of its page sequence. out [N, H, R, D] (q's dtype), lse [N, H, R] (float32).
+//
+// One task per sequence, all heads together: a page of the pool is one contiguous [page_size, H, D] block, so
+// reading it whole streams memory where a per-head walk would hop between rows. Softmax is online (running
+// max and sum per row), so each page's keys and values are read once. The head size is a template parameter
+// for the common sizes (the compiler then keeps a row's accumulators in registers); kDyn serves the rest.
+constexpr int kDyn = 0, kMaxDyn = 256;
+
+template <typename T, int DT>
+void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& pages,
+                const at::Tensor& limits, int64_t ps, double scale, at::Tensor& out, at::Tensor& lse) {
+  const int64_t N = q.size(0), H = q.size(1), R = q.size(2), P = pages.size(1);
+  const int D = DT == kDyn ? static_cast<int>(q.size(3)) : DT;
+  const int64_t qsn = q.stride(0), qsh = q.stride(1), qsr = q.stride(2), qsd = q.stride(3);
+  const int64_t block = ps * H * D;  // elements in one page of one layer's cache
+  const T* qp = q.data_ptr<T>();
+  const T* kp = kc.data_ptr<T>();
+  const T* vp = vc.data_ptr<T>();
+  const int64_t* pg = pages.data_ptr<int64_t>();
+  const int32_t* lim = limits.data_ptr<int32_t>();
+  T* op = out.data_ptr<T>();
+  float* lp = lse.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  const float ninf = -std::numeric_limits<float>::infinity();
+
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    const int64_t HR = H * R;
+    std::vector<float> qf(HR * D), acc(HR * D), kf(block), vf(block), s(HR * ps), m(HR), sum(HR);
+    for (int64_t n = begin; n < end; ++n) {
+      const int32_t* l = lim + n * R;
+      const int64_t L = *std::max_element(l, l + R);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t r = 0; r < R; ++r) {
+          float* dst = qf.data() + (h * R + r) * D;
+          const T* src = qp + n * qsn + h * qsh + r * qsr;
+          for (int i = 0; i < D; ++i) dst[i] = widen(src[i * qsd]) * sc;
+        }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(m.begin(), m.end(), ninf);
+      std::fill(sum.begin(), sum.end(), 0.f);
+      for (int64_t p = 0; p * ps < L; ++p) {
+        const int64_t first = p * ps, cnt = std::min(ps, L - first);
+        const int64_t off = pg[n * P + p] * block;
+        if ((p + 1) * ps < L) {  // the pool is far larger than any cache: start fetching the next page now
+          const char* nk = reinterpret_cast<const char*>(kp + pg[n * P + p + 1] * block);
+          const char* nv = reinterpret_cast<const char*>(vp + pg[n * P + p + 1] * block);
+          for (int64_t b = 0; b < block * static_cast<int64_t>(sizeof(T)); b += 64) {
+            __builtin_prefetch(nk + b);
+            __builtin_prefetch(nv + b);
+          }
+        }
+        load_row(kp + off, kf.data(), cnt * H * D);
+        load_row(vp + off, vf.data(), cnt * H * D);
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
+            if (stop <= 0) continue;
+            float* sr = s.data() + hr * ps;
+            const float* __restrict qr = qf.data() + hr * D;
+            float mx = m[hr];
+            for (int64_t o = 0; o < stop; ++o) {
+              const float* __restrict k = kf.data() + (o * H + h) * D;
+              float d = 0.f;
+#pragma omp simd reduction(+ : d)
+              for (int i = 0; i < D; ++i) d += qr[i] * k[i];
+              sr[o] = d;
+              mx = std::max(mx, d);
+            }
+            const float rescale = std::exp(m[hr] - mx);  // exp(-inf) = 0 on the first page
+            float part = 0.f;
+            for (int64_t o = 0; o < stop; ++o) part += (sr[o] = std::exp(sr[o] - mx));
+            sum[hr] = sum[hr] * rescale + part;
+            m[hr] = mx;
+            // acc = acc * rescale + sum_o w[o] v[o]: the D-wide row stays in registers across the page
+            float a[DT == kDyn ? kMaxDyn : DT];
+            const float* __restrict prev = acc.data() + hr * D;
+#pragma omp simd
+            for (int i = 0; i < D; ++i) a[i] = prev[i] * rescale;
+            for (int64_t o = 0; o < stop; ++o) {
+              const float w = sr[o];
+              const float* __restrict v = vf.data() + (o * H + h) * D;
+#pragma omp simd
+              for (int i = 0; i < D; ++i) a[i] += w * v[i];
+            }
+            std::memcpy(acc.data() + hr * D, a, D * sizeof(float));
+          }
+      }
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t hr = h * R + r;
+          const float inv = sum[hr] > 0.f ? 1.f / sum[hr] : 0.f;
+          T* dst = op + ((n * H + h) * R + r) * D;
+          for (int i = 0; i < D; ++i) dst[i] = static_cast<T>(acc[hr * D + i] * inv);
+          lp[(n * H + h) * R + r] = sum[hr] > 0.f ? m[hr] + std::log(sum[hr]) : ninf;
+        }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                                   const at::Tensor& v_cache, const at::Tensor& pages,
+                                                   const at::Tensor& limits, int64_t page_size, double scale) {
+  TORCH_CHECK(q.device().is_cpu(), "paged_attention: CPU tensors only");
+  TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 3 && v_cache.dim() == 3, "paged_attention: q [N,H,R,D], caches [slots,H,D]");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_attention: caches must be contiguous");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "paged_attention: q and caches must share a dtype");
+  TORCH_CHECK(k_cache.size(1) == q.size(1) && k_cache.size(2) == q.size(3), "paged_attention: head shapes differ");
+  TORCH_CHECK(pages.scalar_type() == at::kLong && pages.is_contiguous() && pages.dim() == 2 && pages.size(0) == q.size(0),
+              "paged_attention: pages must be contiguous int64 [N, P]");
+  TORCH_CHECK(limits.scalar_type() == at::kInt && limits.is_contiguous() && limits.dim() == 2 &&
+                  limits.size(0) == q.size(0) && limits.size(1) == q.size(2),
+              "paged_attention: limits must be contiguous int32 [N, R]");
+  TORCH_CHECK(q.size(3) <= kMaxDyn, "paged_attention: head size above ", kMaxDyn);
+  // every index is checked before any memory is read through it (a wrong page table would read out of bounds)
+  const int64_t pages_in_pool = k_cache.size(0) / page_size;
+  const int64_t* pg = pages.data_ptr<int64_t>();
+  for (int64_t i = 0; i < pages.numel(); ++i)
+    TORCH_CHECK(pg[i] >= 0 && pg[i] < pages_in_pool, "paged_attention: page ", pg[i], " is outside the pool");
+  const int32_t* lim = limits.data_ptr<int32_t>();
+  for (int64_t i = 0; i < limits.numel(); ++i)
+    TORCH_CHECK(lim[i] >= 0 && lim[i] <= pages.size(1) * page_size, "paged_attention: limit ", lim[i],
+                " is outside its page table");
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+    switch (q.size(3)) {
+      case 64: paged_impl<scalar_t, 64>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse); break;
+      case 128: paged_impl<scalar_t, 128>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse); break;
+      default: paged_impl<scalar_t, kDyn>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse);
+    }
+  });
+  return {out, lse};
+}
+
+// k_cache[slots[t]] = k[t] and v_cache[slots[t]] = v[t] for this step's tokens. k and v come straight from the
+// projections as strided views; index_copy_ walks such sources element by element through TensorIterator,
+// ~110 us a layer at 64 rows, where this loop takes a few.
+void store_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots, const at::Tensor& k,
+              const at::Tensor& v) {
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes(),
+              "store_kv: caches must be contiguous and alike");
+  TORCH_CHECK(k.dim() == 3 && v.sizes() == k.sizes() && k.size(1) == k_cache.size(1) && k.size(2) == k_cache.size(2),
+              "store_kv: k and v must be [T, H, D] like the cache rows");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type(),
+              "store_kv: k, v and caches must share a dtype");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.numel() == k.size(0),
+              "store_kv: slots must be contiguous int64 [T]");
+  const int64_t T = k.size(0), H = k.size(1), D = k.size(2), n_slots = k_cache.size(0);
+  const int64_t* sl = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(sl[t] >= 0 && sl[t] < n_slots, "store_kv: slot ", sl[t], " is outside the pool");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k.scalar_type(), "store_kv", [&] {
+    for (const auto& [src, dst] : {std::pair{&k, &k_cache}, std::pair{&v, &v_cache}}) {
+      const scalar_t* sp = src->data_ptr<scalar_t>();
+      scalar_t* dp = dst->data_ptr<scalar_t>();
+      const int64_t st = src->stride(0), sh = src->stride(1), sd = src->stride(2);
+      if (sd == 1) {
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t h = 0; h < H; ++h)
+            std::memcpy(dp + (sl[t] * H + h) * D, sp + t * st + h * sh, D * sizeof(scalar_t));
+      } else {  // a transposed projection output: tokens are its contiguous dimension, so walk them innermost
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t d = 0; d < D; ++d)
+            for (int64_t t = 0; t < T; ++t) dp[(sl[t] * H + h) * D + d] = sp[t * st + h * sh + d * sd];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sgagent_cpu, m) {
+  m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, int page_size, "
+        "float scale) -> (Tensor, Tensor)");
+  m.impl("paged_attention", c10::DispatchKey::CPU, TORCH_FN(paged_attention));
+  m.def("store_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor k, Tensor v) -> ()");
+  m.impl("store_kv", c10::DispatchKey::CPU, TORCH_FN(store_kv));
+}
