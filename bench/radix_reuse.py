@@ -1,5 +1,8 @@
 """Issue 3: prefix reuse on vs off on few-shot, multi-turn and tree-of-thought; few-shot vs llama.cpp.
 
+multi_turn has the shape of SGLang's multi-turn benchmark (256-512-token user turns, 4-8-token replies);
+multi_turn_chatty has one-line user turns and 24-token replies.
+
 python -m bench.radix_reuse [--runs 1] [--small]
 """
 
@@ -46,8 +49,10 @@ async def main(runs: int, small: bool) -> None:
     base = sgagent.Engine(kv_cache_bytes=1 << 30)
     # --small: a CI smoke run that checks numbers come out, not speeds
     n, ex, convs, turns, qs, depth = (4, 10, 2, 3, 1, 2) if small else (64, 40, 16, 6, 8, 3)
+    q_len = (32, 64) if small else (256, 512)
     t_on = await compare(base, "few_shot", lambda e: w.few_shot_raw(e, n=n, n_examples=ex), runs)
-    await compare(base, "multi_turn", lambda e: w.multi_turn_raw(e, convs=convs, turns=turns), runs)
+    await compare(base, "multi_turn", lambda e: w.multi_turn_raw(e, convs=convs, turns=turns, q_len=q_len), runs)
+    await compare(base, "multi_turn_chatty", lambda e: w.multi_turn_chatty_raw(e, convs=convs, turns=turns), runs)
     await compare(base, "tree_of_thought", lambda e: w.tree_of_thought_raw(e, questions=qs, depth=depth), runs)
     t_llama = isolated(llama_few_shot, base.model_path, n, 16, ex) if llama_cpp() else None
     if t_llama is not None:

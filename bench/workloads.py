@@ -33,8 +33,47 @@ async def few_shot_raw(engine, n: int = 64, new: int = 16, n_examples: int = 40)
 TURNS = ["Hi! Can you help me plan a trip?", "I want to visit Japan in spring.", "What should I pack?",
          "How many days in Kyoto?", "Any food I must try?", "Thanks, summarize the plan."]
 
+NOTES = ["The train from the airport leaves every twenty minutes and the ticket covers the first transfer.",
+         "My budget for the hotel is modest, but I would pay more for a quiet room near the river.",
+         "We will arrive on a Thursday morning and leave on the Tuesday evening after.",
+         "Two of us like museums and gardens, one prefers markets, street food and long walks.",
+         "Last time the temples were crowded by nine, so this time we want to start at dawn.",
+         "A friend said the day pass for buses pays off after the third ride of the day.",
+         "I keep a list of places with opening hours, prices and how long each visit takes.",
+         "Rain is likely on one or two days, so indoor plans matter as much as the outdoor ones."]
 
-async def multi_turn_raw(engine, convs: int = 16, turns: int = 6, new: int = 24):
+
+def long_message(engine, rng, tokens: int) -> str:
+    """A user turn of at least `tokens` tokens: travel notes in an order drawn from rng."""
+    text = ""
+    while len(engine.tokenize(text)) < tokens:
+        text += rng.choice(NOTES) + " "
+    return text.strip()
+
+
+async def multi_turn_raw(engine, convs: int = 16, turns: int = 6, q_len=(256, 512), a_len=(4, 8), seed: int = 0):
+    """The shape of SGLang's own multi-turn benchmark (benchmark/multi_turn_chat, "short output"): every turn
+    sends a long user message (q_len tokens) and gets a short reply (a_len tokens, EOS ignored), so each turn's
+    prompt is mostly the conversation so far."""
+    import random
+
+    rng = random.Random(seed)
+    plans = [[(long_message(engine, rng, rng.randint(*q_len)), rng.randint(*a_len)) for _ in range(turns)]
+             for _ in range(convs)]
+
+    async def conv(i):
+        msgs = [{"role": "system", "content": f"You are travel agent #{i}. Be concise."}]
+        for text, new in plans[i]:
+            msgs.append({"role": "user", "content": text})
+            r = await engine.generate(messages=msgs, max_tokens=new, temperature=0, ignore_eos=True)
+            msgs.append({"role": "assistant", "content": r.text})
+        return msgs
+
+    return await asyncio.gather(*(conv(i) for i in range(convs)))
+
+
+async def multi_turn_chatty_raw(engine, convs: int = 16, turns: int = 6, new: int = 24):
+    """Short user lines and 24-token replies: reuse saves little here, the replies' decode steps dominate."""
     async def conv(i):
         msgs = [{"role": "system", "content": f"You are travel agent #{i}. Be concise."}]
         for t in TURNS[:turns]:

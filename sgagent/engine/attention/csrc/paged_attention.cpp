@@ -66,14 +66,20 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
   const float sc = static_cast<float>(scale);
   const float ninf = -std::numeric_limits<float>::infinity();
 
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are (sequence, block of rows). A decode step has many sequences of a few rows: one block each. A
+  // shared prefix is one "sequence" whose rows are every member's queries: split so all threads get a share.
+  const int64_t want = 8 * at::get_num_threads();
+  const int64_t chunk = N >= want ? R : std::max<int64_t>(1, (R * N + want - 1) / want);
+  const int64_t blocks = (R + chunk - 1) / chunk;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t HR = H * R;
     std::vector<float> qf(HR * D), acc(HR * D), kf(block), vf(block), s(HR * ps), m(HR), sum(HR);
-    for (int64_t n = begin; n < end; ++n) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, r0 = task % blocks * chunk, r1 = std::min(R, r0 + chunk);
       const int32_t* l = lim + n * R;
-      const int64_t L = *std::max_element(l, l + R);
+      const int64_t L = *std::max_element(l + r0, l + r1);
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t r = 0; r < R; ++r) {
+        for (int64_t r = r0; r < r1; ++r) {
           float* dst = qf.data() + (h * R + r) * D;
           const T* src = qp + n * qsn + h * qsh + r * qsr;
           for (int i = 0; i < D; ++i) dst[i] = widen(src[i * qsd]) * sc;
@@ -95,7 +101,7 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
         load_row(kp + off, kf.data(), cnt * H * D);
         load_row(vp + off, vf.data(), cnt * H * D);
         for (int64_t h = 0; h < H; ++h)
-          for (int64_t r = 0; r < R; ++r) {
+          for (int64_t r = r0; r < r1; ++r) {
             const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
             if (stop <= 0) continue;
             float* sr = s.data() + hr * ps;
@@ -129,7 +135,7 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
           }
       }
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t r = 0; r < R; ++r) {
+        for (int64_t r = r0; r < r1; ++r) {
           const int64_t hr = h * R + r;
           const float inv = sum[hr] > 0.f ? 1.f / sum[hr] : 0.f;
           T* dst = op + ((n * H + h) * R + r) * D;
