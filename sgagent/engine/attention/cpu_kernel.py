@@ -31,6 +31,16 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
+def _clear_stale_lock(lock: Path, max_age_s: float = 600.0) -> None:
+    """torch's loader waits for as long as its build lock exists; a build killed midway (a timeout, a crash)
+    leaves it behind, and every later engine would hang at start. A build takes ~10 s, so an old lock is stale."""
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
 @functools.cache
 def cpu_ops():
     """The op namespace torch.ops.sgagent_cpu, or None where it cannot be built here (the reason is logged):
@@ -47,9 +57,11 @@ def cpu_ops():
 
         if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
 
-        load(name=f"sgagent_cpu_attention_{_cpu_tag()}", sources=[str(SOURCE)],
+        name = f"sgagent_cpu_attention_{_cpu_tag()}"
+        _clear_stale_lock(Path(_get_build_directory(name, False)) / "lock")
+        load(name=name, sources=[str(SOURCE)],
              extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
              # -fopenmp links libgomp.so.1 by soname: the loader hands back the copy torch already loaded, so
              # the kernel's threads are torch's own team rather than a second one fighting it for the cores
