@@ -1,8 +1,8 @@
-// Attention for a few query rows per sequence, reading K/V from the paged pool in place.
+// Attention for a few query rows per sequence, reading K/V from the paged pool in place; and the K/V store.
 //
 // The plain-torch path gathers every sequence's pages into a padded copy before SDPA: on a CPU decode step
-// that copy (written once, read once) costs about as much as the attention itself. Here each (sequence,
-// K/V head) task walks its page table and reads the pool where it lies.
+// that copy (written once, read once) costs about as much as the attention itself. Here each task walks its
+// sequence's page table and reads the pool where it lies (see paged_impl).
 // Built on first use by sgagent/engine/attention/cpu_kernel.py (torch's C++ extension loader, -march=native).
 //
 // Registered as torch.ops.sgagent_cpu.* (no Python binding module: the op library is all that is loaded).
@@ -43,7 +43,7 @@ inline void load_row(const T* src, float* dst, int64_t d) {
 // q [N, H, R, D]; caches [slots, H, D]; pages [N, P]; limits [N, R]: row r of sequence n sees keys
 // 0..limits[n, r]-1 of its page sequence. out [N, H, R, D] (q's dtype), lse [N, H, R] (float32).
 //
-// One task per sequence, all heads together: a page of the pool is one contiguous [page_size, H, D] block, so
+// A task is a sequence (or a block of its rows), all heads together: a page of the pool is one contiguous [page_size, H, D] block, so
 // reading it whole streams memory where a per-head walk would hop between rows. Softmax is online (running
 // max and sum per row), so each page's keys and values are read once. The head size is a template parameter
 // for the common sizes (the compiler then keeps a row's accumulators in registers); kDyn serves the rest.
