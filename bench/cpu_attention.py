@@ -1,0 +1,69 @@
+"""A CPU decode step with the C++ attention ops vs gather + SDPA (`cpu_attention_kernel` on/off).
+
+python -m bench.cpu_attention [--runs 3] [--small]
+
+The same plan (B sequences decoding one token on top of ctx cached tokens) runs on two engines that share
+the weights, steps interleaved on the one compute thread; the median step of each is reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import sgagent
+from sgagent.engine import compute
+from sgagent.engine.request import SamplingParams
+from sgagent.engine.scheduler import Req, StepPlan
+
+from .common import cli, machine, report
+
+
+def decode_plan(runner, batch: int, ctx: int) -> tuple[StepPlan, list[Req]]:
+    ps = runner.pool.page_size
+    plan, reqs = StepPlan(), []
+    for i in range(batch):
+        r = Req(f"r{i}", [100 + (i * 7 + j) % 5000 for j in range(ctx)], SamplingParams(temperature=0), 0)
+        r.pages = runner.pool.alloc(-(-ctx // ps))
+        plan.add(r, 1, ctx - 1)  # the last token is the one decoded; the ctx - 1 before it are "cached"
+        reqs.append(r)
+    return plan, reqs
+
+
+def step_times(plans: dict, steps: int) -> dict:
+    times = {k: [] for k in plans}
+    for _ in range(steps + 2):
+        for k, (runner, plan) in plans.items():
+            t0 = time.perf_counter()
+            runner.step(plan)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v[2:]) for k, v in times.items()}  # the first two warm up
+
+
+async def main(runs: int, small: bool) -> None:
+    print(f"# CPU decode step, C++ attention ops vs gather + SDPA, on {machine()}")
+    base = sgagent.Engine(kv_cache_bytes=1 << 30, device="cpu")
+    engines = {on: base.with_config(cpu_attention_kernel=on) for on in (True, False)}
+    if engines[True].runner.attn.ops is None:
+        report("cpu_attention", error="the C++ ops did not build here (see cpu_kernel.unavailable)")
+        return
+    cases = [(4, 64)] if small else [(64, 160), (64, 300), (16, 300), (8, 800), (1, 300)]
+    for batch, ctx in cases:
+        plans, held = {}, []
+        for on, e in engines.items():
+            plan, reqs = decode_plan(e.runner, batch, ctx)
+            plans[on] = (e.runner, plan)
+            held.append((e.runner.pool, reqs))
+        t = compute.call(step_times, plans, 4 * runs)
+        report("cpu_attention", batch=batch, context=ctx, op_ms=t[True] * 1e3, gather_ms=t[False] * 1e3,
+               ratio=t[False] / t[True], dtype=str(base.runner.dtype).removeprefix("torch."), steps=4 * runs)
+        for pool, reqs in held:
+            for r in reqs:
+                pool.free(r.pages)
+    for e in engines.values():
+        await e.aclose()
+    await base.aclose()
+
+
+if __name__ == "__main__":
+    cli(main, runs=3)
