@@ -23,9 +23,9 @@ class EngineConfig:
     cuda_graphs: bool = True  # CUDA with flashinfer: decode steps replay captured graphs
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
     shared_prefix_attention: bool = True  # torch backend: pages that several sequences share are attended once per group
-    # torch backend on CPU: decode attention by a C++ kernel reading the paged pool in place (built on first use,
-    # ~10 s with g++); off, or without a compiler: gather the pages, then SDPA
-    cpu_attention_kernel: bool = True
+    # on CPU, C++ ops (built on first use, ~15 s with g++) for decode attention reading the paged pool in place,
+    # K/V stores and RMSNorm; off, or without a compiler: plain torch (gather the pages then SDPA, torch's norm)
+    cpu_kernels: bool = True
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
     jump_forward: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...

@@ -12,6 +12,7 @@ from .attention import make_backend
 from .attention.flashinfer_backend import FlashInferAttention  # flashinfer itself is imported only when used
 from .config import EngineConfig
 from .constrained.fsm import apply_masks
+from .cpu_ops import cpu_ops
 from .kv_pool import KVPool
 from .model.llama import CausalLM
 from .model.source import ModelSource
@@ -60,8 +61,9 @@ class ModelRunner:
             model = model.to_device(self.device, self.dtype).eval()
         self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
+        self.cpu_ops = cpu_ops() if cfg.cpu_kernels and self.device.type == "cpu" else None
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
-                                 cfg.shared_prefix_attention, cfg.cpu_attention_kernel)
+                                 cfg.shared_prefix_attention, self.cpu_ops)
         self.graphs = None
         if cfg.cuda_graphs and self.device.type == "cuda" and isinstance(self.attn, FlashInferAttention):
             from .cuda_graphs import DecodeGraphs
@@ -83,7 +85,7 @@ class ModelRunner:
         else:
             ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
             pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
-            hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device))
+            hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device), self.cpu_ops)
             logits = self.model.logits(hidden[rows]) if len(rows) else None
         if logits is None:
             return StepOutput([], [], [[] for _ in plan.items])

@@ -1,7 +1,7 @@
 """Attention in plain torch over the paged pool (CPU and any device).
 
 K/V are gathered page by page (a page is one contiguous block of the pool); on CPU, short sequences' own
-pages skip the gather when the C++ ops (cpu_kernel) are built: they read them in place. Short sequences of a step
+pages skip the gather when the engine's C++ ops (cpu_ops) are built: they read them in place. Short sequences of a step
 (decodes, and the few tokens a jump-forward appends) run as one padded call over each sequence's own
 pages; prefixes that several of them share through the radix tree are attended once per group and
 merged in (see prefix_groups). Longer extends (prefill chunks) run one call each, since their query
@@ -59,7 +59,7 @@ class TorchAttention:
         self.pool = pool
         self.group = num_heads // pool.k.shape[2]  # query heads per K/V head
         self.share_prefixes = share_prefixes
-        self.ops = ops  # cpu_kernel.cpu_ops(): short sequences' attention and K/V stores in C++; None: plain torch
+        self.ops = ops  # cpu_ops.cpu_ops(): short sequences' attention and K/V stores in C++; None: plain torch
         self.scale = pool.k.shape[-1] ** -0.5
 
     def prepare(self, batch: ForwardBatch, device) -> TorchMeta:

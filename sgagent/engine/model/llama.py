@@ -40,7 +40,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
+        """ops: the engine's C++ ops on CPU (cpu_ops), which do this in one pass over [T, H] rows; or None."""
+        if ops is not None and x.dim() == 2:
+            return ops.rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # half precision: normalise in float32, round, then scale, in transformers' order
@@ -119,9 +122,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, attn, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, attn, meta, ops=None):
+        x = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, attn, meta)
+        return x + self.mlp(self.post_attention_layernorm(x, ops))
 
 
 class Backbone(nn.Module):
@@ -177,13 +180,14 @@ class CausalLM(nn.Module):
         return self
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn, meta) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn, meta, ops=None) -> torch.Tensor:
+        """ops: the engine's C++ CPU ops (cpu_ops) for the norms, or None for plain torch."""
         x = self.model.embed_tokens(input_ids)
         cos = self.rotary.cos[positions].to(x.dtype)[:, None, :]
         sin = self.rotary.sin[positions].to(x.dtype)[:, None, :]
         for layer in self.model.layers:
-            x = layer(x, cos, sin, attn, meta)
-        return self.model.norm(x)
+            x = layer(x, cos, sin, attn, meta, ops)
+        return self.model.norm(x, ops)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The C++ CPU attention ops against plain-torch references, and the engine with them on vs off."""
+"""The engine's C++ CPU ops against plain-torch references, and the engine with them on vs off."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import torch
 
-from sgagent.engine.attention.cpu_kernel import cpu_ops
+from sgagent.engine.cpu_ops import cpu_ops
 
 PS = 16
 
@@ -15,7 +15,7 @@ PS = 16
 @pytest.fixture(scope="module")
 def ops():
     ops = cpu_ops()
-    assert ops is not None, "the C++ ops did not build here (see the cpu_kernel.unavailable log line)"
+    assert ops is not None, "the C++ ops did not build here (see the cpu_ops.unavailable log line)"
     return ops
 
 
@@ -84,8 +84,31 @@ def test_store_kv_matches_index_copy(ops, dtype):
         ops.store_kv(kc, vc, torch.tensor([40 * PS]), k[:1], v[:1])
 
 
-async def test_engine_same_outputs_with_the_kernel_on_and_off(engine):
-    """Decodes, shared-prefix groups and short multi-token extends through the kernel; the gather path as the
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_the_torch_path(ops, dtype):
+    from sgagent.engine.model.llama import RMSNorm
+
+    g = torch.Generator().manual_seed(2)
+    norm = RMSNorm(576, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(576, generator=g) * 0.5 + 1)
+    for rows in (1, 5, 64):
+        x = (torch.randn(rows, 576, generator=g) * 3).to(dtype)
+        for layout in ("contiguous", "transposed"):
+            xi = x if layout == "contiguous" else x.t().contiguous().t()  # as a small-batch projection hands it over
+            got, want = norm(xi, ops), norm(xi)
+            assert got.dtype == dtype and got.shape == want.shape
+            if dtype == torch.bfloat16:  # same rounding order as transformers: round, then scale in bf16
+                assert (got.float() - want.float()).abs().max() <= 2 ** -7 * want.float().abs().max()
+                assert (got == want).float().mean() > 0.99
+            else:
+                assert (got - want).abs().max() < 1e-5
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.rms_norm(torch.zeros(2, 8, dtype=dtype), torch.ones(9, dtype=dtype), 1e-5)
+
+
+async def test_engine_same_outputs_with_the_ops_on_and_off(engine):
+    """Decodes, shared-prefix groups and short multi-token extends through the C++ ops; plain torch as the
     reference (float32: same tokens, logprobs within 1e-4)."""
     from sgagent.engine.attention.torch_backend import TorchAttention
 
@@ -93,7 +116,7 @@ async def test_engine_same_outputs_with_the_kernel_on_and_off(engine):
     prompts = [f"{prefix}Q: What is {i} plus 4?\nA:" for i in range(30, 36)] + ["Hello", "The sky is"]
     results = {}
     for on in (True, False):
-        e = engine.with_config(cpu_attention_kernel=on, kv_cache_bytes=64 << 20)
+        e = engine.with_config(cpu_kernels=on, kv_cache_bytes=64 << 20)
         try:
             assert isinstance(e.runner.attn, TorchAttention) and (e.runner.attn.ops is not None) == on
             rs = await asyncio.gather(*(e.generate(p, max_tokens=12, temperature=0, logprobs=True) for p in prompts))

@@ -1,6 +1,7 @@
-"""A CPU decode step with the C++ attention ops vs gather + SDPA (`cpu_attention_kernel` on/off).
+"""A CPU decode step with the engine's C++ ops (paged attention, K/V stores, RMSNorm) vs plain torch
+(gather + SDPA, torch's norm): `cpu_kernels` on/off.
 
-python -m bench.cpu_attention [--runs 3] [--small]
+python -m bench.cpu_ops [--runs 3] [--small]
 
 The same plan (B sequences decoding one token on top of ctx cached tokens) runs on two engines that share
 the weights, steps interleaved on the one compute thread; the median step of each is reported.
@@ -41,11 +42,11 @@ def step_times(plans: dict, steps: int) -> dict:
 
 
 async def main(runs: int, small: bool) -> None:
-    print(f"# CPU decode step, C++ attention ops vs gather + SDPA, on {machine()}")
+    print(f"# CPU decode step, C++ ops vs plain torch, on {machine()}")
     base = sgagent.Engine(kv_cache_bytes=1 << 30, device="cpu")
-    engines = {on: base.with_config(cpu_attention_kernel=on) for on in (True, False)}
+    engines = {on: base.with_config(cpu_kernels=on) for on in (True, False)}
     if engines[True].runner.attn.ops is None:
-        report("cpu_attention", error="the C++ ops did not build here (see cpu_kernel.unavailable)")
+        report("cpu_ops", error="the C++ ops did not build here (see cpu_ops.unavailable)")
         return
     cases = [(4, 64)] if small else [(64, 160), (64, 300), (16, 300), (8, 800), (1, 300)]
     for batch, ctx in cases:
@@ -55,7 +56,7 @@ async def main(runs: int, small: bool) -> None:
             plans[on] = (e.runner, plan)
             held.append((e.runner.pool, reqs))
         t = compute.call(step_times, plans, 4 * runs)
-        report("cpu_attention", batch=batch, context=ctx, op_ms=t[True] * 1e3, gather_ms=t[False] * 1e3,
+        report("cpu_ops", batch=batch, context=ctx, ops_ms=t[True] * 1e3, torch_ms=t[False] * 1e3,
                ratio=t[False] / t[True], dtype=str(base.runner.dtype).removeprefix("torch."), steps=4 * runs)
         for pool, reqs in held:
             for r in reqs:

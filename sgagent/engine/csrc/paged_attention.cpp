@@ -3,7 +3,7 @@
 // The plain-torch path gathers every sequence's pages into a padded copy before SDPA: on a CPU decode step
 // that copy (written once, read once) costs about as much as the attention itself. Here each task walks its
 // sequence's page table and reads the pool where it lies (see paged_impl).
-// Built on first use by sgagent/engine/attention/cpu_kernel.py (torch's C++ extension loader, -march=native).
+// Built on first use, with rms_norm.cpp, by sgagent/engine/cpu_ops.py (torch's C++ extension loader, -march=native).
 //
 // Registered as torch.ops.sgagent_cpu.* (no Python binding module: the op library is all that is loaded).
 

@@ -1,8 +1,8 @@
-"""The C++ ops of the CPU attention path (csrc/paged_attention.cpp), built on first use.
+"""The engine's C++ ops for CPU steps (csrc/: paged attention and K/V stores, RMSNorm), built on first use.
 
 torch's extension loader compiles it once per machine (about 10 s with g++) into its cache
 (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and later processes just load it. Without a C++
-compiler the torch backend keeps its gather-then-SDPA path: same results, slower steps.
+compiler the engine keeps its plain-torch paths (gather-then-SDPA, torch's RMSNorm): same results, slower steps.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ...log import get_logger
+from ..log import get_logger
 
-SOURCE = Path(__file__).with_name("csrc") / "paged_attention.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_attention.cpp", "rms_norm.cpp")]
 
 
 def _cpu_tag() -> str:
@@ -48,7 +48,8 @@ def cpu_ops():
     - paged_attention(q [N, Hkv, R, D], k_cache, v_cache [slots, Hkv, D], pages [N, P] int64, limits [N, R]
       int32, page_size, scale) -> (out [N, Hkv, R, D], lse [N, Hkv, R] float32): query row r of sequence n
       attends to the first limits[n, r] keys of its pages;
-    - store_kv(k_cache, v_cache, slots [T] int64, k, v [T, Hkv, D]): writes this step's K/V rows to their slots.
+    - store_kv(k_cache, v_cache, slots [T] int64, k, v [T, Hkv, D]): writes this step's K/V rows to their slots;
+    - rms_norm(x [T, H], weight [H], eps) -> [T, H]: in transformers' rounding order for half precision.
     """
     log = get_logger("sgagent.engine")
     t0 = time.perf_counter()
@@ -59,15 +60,15 @@ def cpu_ops():
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         from torch.utils.cpp_extension import _get_build_directory, load
 
-        name = f"sgagent_cpu_attention_{_cpu_tag()}"
+        name = f"sgagent_cpu_ops_{_cpu_tag()}"
         _clear_stale_lock(Path(_get_build_directory(name, False)) / "lock")
-        load(name=name, sources=[str(SOURCE)],
+        load(name=name, sources=[str(p) for p in SOURCES],
              extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
              # -fopenmp links libgomp.so.1 by soname: the loader hands back the copy torch already loaded, so
              # the kernel's threads are torch's own team rather than a second one fighting it for the cores
              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the torch path still works
-        log.warning("cpu_kernel.unavailable", error=f"{type(e).__name__}: {str(e)[-300:]}")
+        log.warning("cpu_ops.unavailable", error=f"{type(e).__name__}: {str(e)[-300:]}")
         return None
-    log.info("cpu_kernel.ready", seconds=round(time.perf_counter() - t0, 2))
+    log.info("cpu_ops.ready", seconds=round(time.perf_counter() - t0, 2))
     return torch.ops.sgagent_cpu
