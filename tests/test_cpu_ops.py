@@ -132,3 +132,17 @@ async def test_engine_same_outputs_with_the_ops_on_and_off(engine):
     for a, b in zip(results[True], results[False]):
         assert a.token_ids == b.token_ids
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+def test_a_failed_build_leaves_the_plain_torch_path(monkeypatch):
+    """No compiler (or any build failure): cpu_ops() answers None instead of raising, so the engine steps with
+    plain torch."""
+    import torch.utils.cpp_extension as ext
+
+    from sgagent.engine import cpu_ops as mod
+
+    def no_compiler(*a, **k):
+        raise RuntimeError("g++: command not found")
+
+    monkeypatch.setattr(ext, "load", no_compiler)
+    assert mod.cpu_ops.__wrapped__() is None  # the uncached function: the cached answer stays the real ops
