@@ -45,7 +45,7 @@ async def main(runs: int, small: bool) -> None:
     print(f"# CPU decode step, C++ ops vs plain torch, on {machine()}")
     base = sgagent.Engine(kv_cache_bytes=1 << 30, device="cpu")
     engines = {on: base.with_config(cpu_kernels=on) for on in (True, False)}
-    if engines[True].runner.attn.ops is None:
+    if engines[True].runner.cpu_ops is None:
         report("cpu_ops", error="the C++ ops did not build here (see cpu_ops.unavailable)")
         return
     cases = [(4, 64)] if small else [(64, 160), (64, 300), (16, 300), (8, 800), (1, 300)]

@@ -43,10 +43,11 @@ inline void load_row(const T* src, float* dst, int64_t d) {
 // q [N, H, R, D]; caches [slots, H, D]; pages [N, P]; limits [N, R]: row r of sequence n sees keys
 // 0..limits[n, r]-1 of its page sequence. out [N, H, R, D] (q's dtype), lse [N, H, R] (float32).
 //
-// A task is a sequence (or a block of its rows), all heads together: a page of the pool is one contiguous [page_size, H, D] block, so
-// reading it whole streams memory where a per-head walk would hop between rows. Softmax is online (running
-// max and sum per row), so each page's keys and values are read once. The head size is a template parameter
-// for the common sizes (the compiler then keeps a row's accumulators in registers); kDyn serves the rest.
+// A task is a sequence (or a block of its rows), all heads together: a page of the pool is one contiguous
+// [page_size, H, D] block, so reading it whole streams memory where a per-head walk would hop between rows.
+// Softmax is online (running max and sum per row), so each page's keys and values are read once. The head size
+// is a template parameter for the common sizes (the compiler then keeps a row's accumulators in registers);
+// kDyn serves the rest.
 constexpr int kDyn = 0, kMaxDyn = 256;
 
 template <typename T, int DT>
