@@ -17,7 +17,8 @@ import torch
 
 from ..log import get_logger
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_attention.cpp", "rms_norm.cpp")]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("paged_attention.cpp", "rms_norm.cpp", "activation.cpp", "rope.cpp", "logits.cpp")]
 
 
 def _cpu_tag() -> str:
@@ -49,7 +50,12 @@ def cpu_ops():
       int32, page_size, scale) -> (out [N, Hkv, R, D], lse [N, Hkv, R] float32): query row r of sequence n
       attends to the first limits[n, r] keys of its pages;
     - store_kv(k_cache, v_cache, slots [T] int64, k, v [T, Hkv, D]): writes this step's K/V rows to their slots;
-    - rms_norm(x [T, H], weight [H], eps) -> [T, H]: in transformers' rounding order for half precision.
+    - rms_norm(x [T, H], weight [H], eps) -> [T, H]: in transformers' rounding order for half precision;
+      add_rms_norm(x, delta, weight, eps) -> (x + delta, rms_norm(x + delta));
+    - silu_mul(gate_up [T, 2I]) -> silu(gate) * up [T, I];
+    - rope_qkv(qkv [T, (H + 2 Hkv) D], cos, sin [T, D], H, Hkv) -> q [T, H, D], k, v [T, Hkv, D], q and k rotated;
+    - rows_to_float(y [T, V]) -> float32 [T, V], contiguous; argmax_rows(y) -> int64 [T], torch.max's tie rule.
+    Their inputs may be strided (a decode step's projections come back transposed); outputs are contiguous.
     """
     log = get_logger("sgagent.engine")
     t0 = time.perf_counter()
@@ -62,8 +68,9 @@ def cpu_ops():
 
         name = f"sgagent_cpu_ops_{_cpu_tag()}"
         _clear_stale_lock(Path(_get_build_directory(name, False)) / "lock")
-        load(name=name, sources=[str(p) for p in SOURCES],
-             extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+        load(name=name, sources=[str(p) for p in SOURCES], extra_include_paths=[str(CSRC)],
+             # no errno and no FP traps: without both, GCC leaves loops with floor/min/max or libm calls scalar
+             extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
              # -fopenmp links libgomp.so.1 by soname: the loader hands back the copy torch already loaded, so
              # the kernel's threads are torch's own team rather than a second one fighting it for the cores
              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)

@@ -73,6 +73,13 @@ class ModelRunner:
                                        -(-max_context // cfg.page_size) + 1)
             self.graphs.capture_all()
 
+    def _argmax_only(self, plan: StepPlan, lp_rows: list[int]) -> bool:
+        """Whether all this step needs of the logits is each row's argmax (greedy rows with no constraint and no
+        logprobs): then the CPU ops read the lm_head's output once, with no float32 copy of [rows, vocab]."""
+        return self.cpu_ops is not None and not lp_rows and all(
+            it.req.params.greedy and it.req.constraint is None and not it.req.params.logprobs
+            for it in plan.items if it.sample)
+
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
         b = plan.batch
@@ -86,7 +93,10 @@ class ModelRunner:
             ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
             pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
             hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device), self.cpu_ops)
-            logits = self.model.logits(hidden[rows]) if len(rows) else None
+            if len(rows) and self._argmax_only(plan, lp_rows):
+                tokens = self.cpu_ops.argmax_rows(self.model.scores(hidden[rows])).tolist()
+                return StepOutput(tokens, [None] * len(tokens), [[] for _ in plan.items])
+            logits = self.model.logits(hidden[rows], self.cpu_ops) if len(rows) else None
         if logits is None:
             return StepOutput([], [], [[] for _ in plan.items])
         n = len(b.logit_rows)

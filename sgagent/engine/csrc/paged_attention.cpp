@@ -19,20 +19,11 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_common.h"
+
 namespace {
 
-template <typename T>
-inline float widen(T x) {
-  return static_cast<float>(x);
-}
-
-template <>
-inline float widen(c10::BFloat16 x) {  // the bit shift, written so loops of it vectorise
-  uint32_t u = static_cast<uint32_t>(x.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+using sgagent::widen;
 
 template <typename T>
 inline void load_row(const T* src, float* dst, int64_t d) {
@@ -118,7 +109,8 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
             }
             const float rescale = std::exp(m[hr] - mx);  // exp(-inf) = 0 on the first page
             float part = 0.f;
-            for (int64_t o = 0; o < stop; ++o) part += (sr[o] = std::exp(sr[o] - mx));
+#pragma omp simd reduction(+ : part)
+            for (int64_t o = 0; o < stop; ++o) part += (sr[o] = sgagent::fast_exp(sr[o] - mx));
             sum[hr] = sum[hr] * rescale + part;
             m[hr] = mx;
             // acc = acc * rescale + sum_o w[o] v[o]: the D-wide row stays in registers across the page

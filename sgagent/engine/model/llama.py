@@ -74,6 +74,14 @@ class Rotary:
         return self
 
 
+def add_norm(x: torch.Tensor, delta: torch.Tensor, norm: RMSNorm, ops=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual update and the norm after it: (x + delta, norm(x + delta)), in one pass with the CPU ops."""
+    if ops is not None and x.dim() == 2:
+        return ops.add_rms_norm(x, delta, norm.weight, norm.eps)
+    x = x + delta
+    return x, norm(x, ops)
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [T, heads, D] rotated by the per-row cos/sin [T, 1, D] (sin carrying rotate_half's sign)."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
@@ -93,13 +101,18 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, attn, meta):
+    def forward(self, x, cos, sin, attn, meta, ops=None):
+        """cos, sin: [T, D] for each row's position. ops: the CPU ops (rotation and split in one pass) or None."""
         T, h, hkv = x.shape[0], self.h, self.hkv
-        qkv = self.qkv_proj(x).view(T, h + 2 * hkv, self.d)
+        qkv = self.qkv_proj(x)
+        if ops is not None and self.q_norm is None:
+            q, k, v = ops.rope_qkv(qkv, cos, sin, h, hkv)
+            return self.o_proj(attn(self.layer, q, k, v, meta))
+        qkv = qkv.view(T, h + 2 * hkv, self.d)
         qk, v = qkv[:, : h + hkv], qkv[:, h + hkv :]
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :h]), self.k_norm(qk[:, h:])), dim=1)
-        qk = rope(qk, cos, sin)  # q and k heads rotated together
+        qk = rope(qk, cos[:, None], sin[:, None])  # q and k heads rotated together
         return self.o_proj(attn(self.layer, qk[:, :h], qk[:, h:], v, meta))
 
 
@@ -109,8 +122,11 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)  # gate and up, fused
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+    def forward(self, x, ops=None):
+        gate_up = self.gate_up_proj(x)
+        if ops is not None and gate_up.dim() == 2:
+            return self.down_proj(ops.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -122,9 +138,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, attn, meta, ops=None):
-        x = x + self.self_attn(self.input_layernorm(x, ops), cos, sin, attn, meta)
-        return x + self.mlp(self.post_attention_layernorm(x, ops))
+    def forward(self, x, h, cos, sin, attn, meta, next_norm: RMSNorm, ops=None):
+        """x: the residual stream; h: input_layernorm(x), which the layer before computed with its last add.
+        Returns the stream after this layer and next_norm of it (the next layer's input norm, or the final)."""
+        x, h = add_norm(x, self.self_attn(h, cos, sin, attn, meta, ops), self.post_attention_layernorm, ops)
+        return add_norm(x, self.mlp(h, ops), next_norm, ops)
 
 
 class Backbone(nn.Module):
@@ -183,13 +201,23 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn, meta, ops=None) -> torch.Tensor:
         """ops: the engine's C++ CPU ops (cpu_ops) for the norms, or None for plain torch."""
         x = self.model.embed_tokens(input_ids)
-        cos = self.rotary.cos[positions].to(x.dtype)[:, None, :]
-        sin = self.rotary.sin[positions].to(x.dtype)[:, None, :]
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, attn, meta, ops)
-        return self.model.norm(x, ops)
+        cos = self.rotary.cos[positions].to(x.dtype)
+        sin = self.rotary.sin[positions].to(x.dtype)
+        layers = self.model.layers
+        h = layers[0].input_layernorm(x, ops)
+        for i, layer in enumerate(layers):
+            x, h = layer(x, h, cos, sin, attn, meta, layers[i + 1].input_layernorm if i + 1 < len(layers)
+                         else self.model.norm, ops)
+        return h
 
     @torch.inference_mode()
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The lm_head's output in the model's dtype, possibly a transposed view (see project)."""
         w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return project(hidden, w).float().contiguous()
+        return project(hidden, w)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor, ops=None) -> torch.Tensor:
+        """float32 [rows, vocab], contiguous. ops: the CPU ops, whose conversion reads a transposed view fast."""
+        y = self.scores(hidden)
+        return ops.rows_to_float(y) if ops is not None and y.dim() == 2 else y.float().contiguous()
