@@ -16,9 +16,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "attention_avx512.h"
 #include "cpu_common.h"
 
 namespace {
@@ -166,6 +168,14 @@ std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at
   auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+#ifdef SGAGENT_AVX512_BF16_ATTENTION
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      if (page_size == sgagent::avx512::kKeys && q.size(3) == 64)
+        return sgagent::avx512::paged_bf16<64>(q, k_cache, v_cache, pages, limits, scale, out, lse);
+      if (page_size == sgagent::avx512::kKeys && q.size(3) == 128)
+        return sgagent::avx512::paged_bf16<128>(q, k_cache, v_cache, pages, limits, scale, out, lse);
+    }
+#endif
     switch (q.size(3)) {
       case 64: paged_impl<scalar_t, 64>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse); break;
       case 128: paged_impl<scalar_t, 128>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse); break;
