@@ -64,7 +64,7 @@ class Engine(Prompting):
             src, self.tokenizer = _share._src, _share.tokenizer
             self.runner = compute.call(ModelRunner, src, cfg, _share.runner.model)
         if cfg.max_batch_tokens is None:
-            cfg.max_batch_tokens = 8192 if self.runner.device.type == "cuda" else 512
+            cfg.max_batch_tokens = 8192 if self.runner.device.type == "cuda" else 2048
         self._src = src
         self.model_path = str(src.path)
         mc = src.config
