@@ -8,17 +8,31 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "cpu_common.h"
 
 namespace {
 
 template <typename T>
 SGAGENT_WIDE_VECTORS void silu_mul_run(const T* g, const T* u, int64_t n, T* dst) {
+  int64_t i = 0;
+#ifdef SGAGENT_AVX512_BF16
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    namespace v16 = sgagent::v16;
+    const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+      const __m512 x = v16::load(g + i);
+      const __m512 act = v16::round(_mm512_div_ps(x, _mm512_add_ps(one, v16::exp(_mm512_sub_ps(zero, x)))));
+      v16::store(dst + i, _mm512_mul_ps(act, v16::load(u + i)));
+    }
+  }
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float x = sgagent::widen(g[i]);
+  for (int64_t j = i; j < n; ++j) {
+    const float x = sgagent::widen(g[j]);
     const float act = sgagent::round_to<T>(x / (1.f + sgagent::fast_exp(-x)));
-    dst[i] = sgagent::narrow<T>(act * sgagent::widen(u[i]));
+    dst[j] = sgagent::narrow<T>(act * sgagent::widen(u[j]));
   }
 }
 

@@ -11,10 +11,10 @@
 
 #pragma once
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
-#define SGAGENT_AVX512_BF16_ATTENTION 1
+#include "cpu_common.h"
 
-#include <immintrin.h>
+#ifdef SGAGENT_AVX512_BF16
+#define SGAGENT_AVX512_BF16_ATTENTION 1
 
 #include <algorithm>
 #include <cmath>
@@ -22,54 +22,12 @@
 #include <limits>
 #include <vector>
 
-#include "cpu_common.h"
-
 namespace sgagent::avx512 {
 
 constexpr int kKeys = 16;  // keys of a page = float32 lanes of a register: the one page size this path takes
 
-// r[i] holds row i of a 16x16 matrix of 32-bit words; afterwards r[i] holds column i
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  // each 128-bit lane now holds a 4x4 block in place; gather the blocks: lanes 0/2 then 1/3 of row pairs
-  for (int i = 0; i < 16; i += 8)
-    for (int j = 0; j < 4; ++j) {
-      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
-      t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
-  }
-}
-
-// fast_exp (cpu_common.h) on 16 lanes
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), _mm512_set1_ps(0.5f)),
-                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
-}
-
-inline __m512 widen16(const c10::BFloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+using v16::exp;
+using v16::transpose;
 
 // acc[i] = acc[i] * rescale[i] + sum over this page's keys o of p[i][o] * v[o], for NR rows (registers)
 template <int D, int NR>
@@ -81,7 +39,7 @@ inline void accumulate_values(float* const* acc, const float* rescale, const flo
     for (int c = 0; c < C; ++c) a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc[i] + 16 * c), _mm512_set1_ps(rescale[i]));
   for (int64_t o = 0; o < cnt; ++o) {
     __m512 x[C];
-    for (int c = 0; c < C; ++c) x[c] = widen16(v + o * v_stride + 16 * c);
+    for (int c = 0; c < C; ++c) x[c] = v16::load(v + o * v_stride + 16 * c);
     for (int i = 0; i < NR; ++i) {
       const __m512 w = _mm512_set1_ps(p[i][o]);
       for (int c = 0; c < C; ++c) a[i][c] = _mm512_fmadd_ps(w, x[c], a[i][c]);
@@ -156,7 +114,7 @@ void paged_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
             __m512i rows[16];
             for (int o = 0; o < kKeys; ++o)
               rows[o] = _mm512_maskz_loadu_epi32(o < cnt ? 0xffff : 0, kpage + (o * H + h) * D + 32 * b);
-            transpose16(rows);
+            transpose(rows);
             for (int j = 0; j < 16; ++j) _mm512_store_si512(kt + (16 * b + j) * kKeys, rows[j]);
           }
           for (int64_t r = r0; r < r1; ++r) {
@@ -178,7 +136,7 @@ void paged_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
             const __mmask16 seen = present & static_cast<__mmask16>((1u << stop) - 1);
             const __m512 s = _mm512_mask_mov_ps(_mm512_set1_ps(ninf), seen, _mm512_mul_ps(_mm512_add_ps(s0, s1), sc));
             const float mx = std::max(m[hr], _mm512_reduce_max_ps(s));
-            const __m512 e = _mm512_maskz_mov_ps(seen, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
+            const __m512 e = _mm512_maskz_mov_ps(seen, exp(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
             resc[hr] = std::exp(m[hr] - mx);  // exp(-inf) = 0 on the first page
             sum[hr] = sum[hr] * resc[hr] + _mm512_reduce_add_ps(e);
             m[hr] = mx;

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -28,19 +29,40 @@ SGAGENT_WIDE_VECTORS void norm_tile(const float* tile, int64_t nt, int64_t H, co
     for (int64_t i = 0; i < H; ++i) ss += v[i] * v[i];
     const float inv = 1.f / std::sqrt(ss / static_cast<float>(H) + eps);
     T* dst = out + r * H;
+    int64_t i = 0;
+#ifdef SGAGENT_AVX512_BF16
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      namespace v16 = sgagent::v16;
+      for (; i + 16 <= H; i += 16) {
+        const __m512 normed = v16::round(_mm512_mul_ps(_mm512_loadu_ps(v + i), _mm512_set1_ps(inv)));
+        v16::store(dst + i, _mm512_mul_ps(v16::load(w + i), normed));
+      }
+    }
+#endif
 #pragma omp simd
-    for (int64_t i = 0; i < H; ++i)  // normalised value rounded to T before the weight (identity for float)
-      dst[i] = sgagent::narrow<T>(sgagent::widen(w[i]) * sgagent::round_to<T>(v[i] * inv));
+    for (int64_t j = i; j < H; ++j)  // normalised value rounded to T before the weight (identity for float)
+      dst[j] = sgagent::narrow<T>(sgagent::widen(w[j]) * sgagent::round_to<T>(v[j] * inv));
   }
 }
 
 // a = round(a + d), also written to sum: torch's bf16 add rounds the same way
 template <typename T>
 SGAGENT_WIDE_VECTORS void add_rows(float* a, const float* d, int64_t n, T* sum) {
+  int64_t i = 0;
+#ifdef SGAGENT_AVX512_BF16
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    namespace v16 = sgagent::v16;
+    for (; i + 16 <= n; i += 16) {
+      const __m256i h = v16::to_bf16(_mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(d + i)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(sum + i), h);
+      _mm512_storeu_ps(a + i, v16::load(sum + i));
+    }
+  }
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    a[i] = sgagent::round_to<T>(a[i] + d[i]);
-    sum[i] = sgagent::narrow<T>(a[i]);
+  for (int64_t j = i; j < n; ++j) {
+    a[j] = sgagent::round_to<T>(a[j] + d[j]);
+    sum[j] = sgagent::narrow<T>(a[j]);
   }
 }
 

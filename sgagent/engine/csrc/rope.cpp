@@ -11,6 +11,8 @@
 #include <tuple>
 #include <vector>
 
+#include <type_traits>
+
 #include "cpu_common.h"
 
 namespace {
@@ -40,8 +42,19 @@ void rope_impl(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& s
           // roll(x, D/2): the first half pairs with the second and the other way round
           for (int64_t part = 0; part < 2; ++part) {
             const int64_t lo = part * half, other = (1 - part) * half;
+            int64_t i0 = 0;
+#ifdef SGAGENT_AVX512_BF16
+            if constexpr (std::is_same_v<T, c10::BFloat16>) {
+              namespace v16 = sgagent::v16;
+              for (; i0 + 16 <= half; i0 += 16) {
+                const __m512 xc = v16::round(_mm512_mul_ps(_mm512_loadu_ps(xh + lo + i0), v16::load(c + lo + i0)));
+                const __m512 sum = _mm512_fmadd_ps(_mm512_loadu_ps(xh + other + i0), v16::load(s + lo + i0), xc);
+                _mm512_storeu_ps(rot.data() + lo + i0, v16::round(sum));
+              }
+            }
+#endif
 #pragma omp simd
-            for (int64_t i = 0; i < half; ++i)
+            for (int64_t i = i0; i < half; ++i)
               rot[lo + i] = round_to<T>(round_to<T>(xh[lo + i] * sgagent::widen(c[lo + i])) +
                                         xh[other + i] * sgagent::widen(s[lo + i]));
           }
