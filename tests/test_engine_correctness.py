@@ -73,6 +73,24 @@ async def test_batch_of_mixed_lengths_equals_each_alone(engine):
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
+async def test_equal_length_prompts_batched_equal_each_alone(engine):
+    """Fresh prompts of one length share one causal attention call per layer: each row must still see only
+    its own prompt (same tokens and logprobs as alone)."""
+    # longer than the few queries that go through the short-sequence path (SHORT_QUERIES)
+    ids = [engine.tokenize(f"Story {i}: the {w} walked along the river, past the mill and the old bridge, "
+                           "until at last it reached the")[:24] for i, w in enumerate(["fox", "king", "robot", "cat"])]
+    assert len({len(x) for x in ids}) == 1
+    fresh = engine.with_config(radix_cache=False, kv_cache_bytes=32 << 20)  # nothing cached: all four are fresh
+    try:
+        alone = [await fresh.generate(x, max_tokens=10, temperature=0.0, logprobs=True) for x in ids]
+        together = await asyncio.gather(*(fresh.generate(x, max_tokens=10, temperature=0.0, logprobs=True) for x in ids))
+    finally:
+        await fresh.aclose()
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    for a, b in zip(together, alone):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 async def test_chunked_prefill_equals_whole_prefill(engine):
     small = engine.with_config(max_batch_tokens=7, kv_cache_bytes=32 << 20, radix_cache=False)
     try:

@@ -161,14 +161,21 @@ class TorchAttention:
         if meta.short_rows is not None:
             o = self._short(kc, vc, q[meta.short_rows], meta).reshape(-1, H, D)
             out[meta.short_rows.reshape(-1)[meta.short_valid]] = o[meta.short_valid]
+        fresh: dict[int, list[_Extend]] = {}  # prompts with nothing cached, by length
         for e in meta.extends:
-            qe = q[e.row : e.row + e.q_len].transpose(0, 1)[None]  # [1, H, q, D]
             if e.kv_pages is None:
-                ke = k[e.row : e.row + e.q_len].transpose(0, 1)[None]
-                ve = v[e.row : e.row + e.q_len].transpose(0, 1)[None]
-                oe = F.scaled_dot_product_attention(qe, ke, ve, is_causal=True, enable_gqa=True)
-            else:
-                ke, ve = self._gather(kc, e.kv_pages[None]), self._gather(vc, e.kv_pages[None])
-                oe = F.scaled_dot_product_attention(qe, ke, ve, attn_mask=e.mask, enable_gqa=True)
+                fresh.setdefault(e.q_len, []).append(e)
+                continue
+            qe = q[e.row : e.row + e.q_len].transpose(0, 1)[None]  # [1, H, q, D]
+            ke, ve = self._gather(kc, e.kv_pages[None]), self._gather(vc, e.kv_pages[None])
+            oe = F.scaled_dot_product_attention(qe, ke, ve, attn_mask=e.mask, enable_gqa=True)
             out[e.row : e.row + e.q_len] = oe[0].transpose(0, 1)
+        for n, same in fresh.items():
+            # one causal call for all fresh prompts of a length: a call per prompt left most of the kernel's
+            # (batch x head) tasks to one of two threads (9 heads) and paid its set-up each time
+            rows = [slice(e.row, e.row + n) for e in same]
+            qe, ke, ve = (torch.stack([t[r] for r in rows]).transpose(1, 2) for t in (q, k, v))  # [B, H, n, D]
+            oe = F.scaled_dot_product_attention(qe, ke, ve, is_causal=True, enable_gqa=True).transpose(1, 2)
+            for i, r in enumerate(rows):
+                out[r] = oe[i]
         return out.reshape(T, H * D)
