@@ -25,7 +25,7 @@ class EngineConfig:
     cuda_graphs: bool = True  # CUDA with flashinfer: decode steps replay captured graphs
     radix_cache: bool = True  # prefix reuse; off is the benchmark baseline
     shared_prefix_attention: bool = True  # torch backend: pages that several sequences share are attended once per group
-    # on CPU, C++ ops (built on first use, ~20 s with g++; sgagent/engine/cpu_ops.py) for decode attention
+    # on CPU, C++ ops (built on first use, ~25 s with g++; sgagent/engine/cpu_ops.py) for decode attention
     # reading the paged pool in place, K/V stores and a layer's element-wise work; off, or without a compiler:
     # plain torch (gather the pages then SDPA, torch's element-wise ops)
     cpu_kernels: bool = True

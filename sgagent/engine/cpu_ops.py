@@ -1,6 +1,6 @@
 """The engine's C++ ops for CPU steps (csrc/: paged attention and K/V stores, RMSNorm), built on first use.
 
-torch's extension loader compiles them once per machine (about 15 s with g++) into its cache
+torch's extension loader compiles them once per machine (about 25 s with g++) into its cache
 (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and later processes just load it. Without a C++
 compiler the engine keeps its plain-torch paths (gather-then-SDPA, torch's RMSNorm): same results, slower steps.
 """
@@ -34,7 +34,7 @@ def _cpu_tag() -> str:
 
 def _clear_stale_lock(lock: Path, max_age_s: float = 600.0) -> None:
     """torch's loader waits for as long as its build lock exists; a build killed midway (a timeout, a crash)
-    leaves it behind, and every later engine would hang at start. A build takes ~15 s, so an old lock is stale."""
+    leaves it behind, and every later engine would hang at start. A build takes ~25 s, so an old lock is stale."""
     try:
         if time.time() - lock.stat().st_mtime > max_age_s:
             lock.unlink()
