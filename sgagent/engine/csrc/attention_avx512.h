@@ -12,6 +12,7 @@
 #pragma once
 
 #include "cpu_common.h"
+#include "paged_tasks.h"
 
 #ifdef SGAGENT_AVX512_BF16
 #define SGAGENT_AVX512_BF16_ATTENTION 1
@@ -69,9 +70,7 @@ void paged_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
   const __m512 sc = _mm512_set1_ps(static_cast<float>(scale));
   const float ninf = -std::numeric_limits<float>::infinity();
 
-  const int64_t want = 8 * at::get_num_threads();
-  const int64_t chunk = N >= want ? R : std::max<int64_t>(1, (R * N + want - 1) / want);
-  const int64_t blocks = (R + chunk - 1) / chunk;
+  const auto [chunk, blocks] = sgagent::split_rows(N, R);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t HR = H * R;
     std::vector<uint32_t> qpair(HR * pairs);
@@ -161,14 +160,7 @@ void paged_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
           }
         }
       }
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t hr = h * R + r;
-          const float inv = sum[hr] > 0.f ? 1.f / sum[hr] : 0.f;
-          BF* dst = op + ((n * H + h) * R + r) * D;
-          for (int i = 0; i < D; ++i) dst[i] = static_cast<BF>(acc[hr * D + i] * inv);
-          lp[(n * H + h) * R + r] = sum[hr] > 0.f ? m[hr] + std::log(sum[hr]) : ninf;
-        }
+      sgagent::finish_rows(acc.data(), m.data(), sum.data(), n, H, R, r0, r1, D, op, lp);
     }
   });
 }

@@ -22,6 +22,7 @@
 
 #include "attention_avx512.h"
 #include "cpu_common.h"
+#include "paged_tasks.h"
 
 namespace {
 
@@ -60,11 +61,7 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
   const float sc = static_cast<float>(scale);
   const float ninf = -std::numeric_limits<float>::infinity();
 
-  // Tasks are (sequence, block of rows). A decode step has many sequences of a few rows: one block each. A
-  // shared prefix is one "sequence" whose rows are every member's queries: split so all threads get a share.
-  const int64_t want = 8 * at::get_num_threads();
-  const int64_t chunk = N >= want ? R : std::max<int64_t>(1, (R * N + want - 1) / want);
-  const int64_t blocks = (R + chunk - 1) / chunk;
+  const auto [chunk, blocks] = sgagent::split_rows(N, R);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t HR = H * R;
     std::vector<float> qf(HR * D), acc(HR * D), kf(block), vf(block), s(HR * ps), m(HR), sum(HR);
@@ -129,14 +126,7 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
             std::memcpy(acc.data() + hr * D, a, D * sizeof(float));
           }
       }
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t hr = h * R + r;
-          const float inv = sum[hr] > 0.f ? 1.f / sum[hr] : 0.f;
-          T* dst = op + ((n * H + h) * R + r) * D;
-          for (int i = 0; i < D; ++i) dst[i] = static_cast<T>(acc[hr * D + i] * inv);
-          lp[(n * H + h) * R + r] = sum[hr] > 0.f ? m[hr] + std::log(sum[hr]) : ninf;
-        }
+      sgagent::finish_rows(acc.data(), m.data(), sum.data(), n, H, R, r0, r1, D, op, lp);
     }
   });
 }
