@@ -1,5 +1,5 @@
-"""A CPU decode step with the engine's C++ ops (paged attention, K/V stores, RMSNorm) vs plain torch
-(gather + SDPA, torch's norm): `cpu_kernels` on/off.
+"""A CPU decode step with the engine's C++ ops (paged attention, K/V stores, the layer's element-wise work,
+logits and the greedy argmax) vs plain torch (gather + SDPA, torch's element-wise ops): `cpu_kernels` on/off.
 
 python -m bench.cpu_ops [--runs 3] [--small]
 

@@ -4,8 +4,9 @@ K/V are gathered page by page (a page is one contiguous block of the pool); on C
 pages skip the gather when the engine's C++ ops (cpu_ops) are built: they read them in place. Short
 sequences of a step (decodes, and the few tokens a jump-forward appends) run as one padded call over each
 sequence's own pages; prefixes that several of them share through the radix tree are attended once per
-group and merged in (see prefix_groups). Longer extends (prefill chunks) run one call each, since their query
-lengths differ and padding them together wastes more than it saves.
+group and merged in (see prefix_groups). Longer extends (prefill chunks) on a cached prefix run one call
+each, since their query and key lengths differ and padding them together wastes more than it saves; fresh
+prompts (nothing cached) of one length share one causal call.
 """
 
 from __future__ import annotations

@@ -140,36 +140,36 @@ inline void transpose(__m512i r[16]) {
 }  // namespace v16
 #endif
 
+template <typename T>
+inline void widen_row(const T* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = widen(src[i]);
+}
+
 // Rows t0..t0+nt-1, columns c0..c0+nc-1 of a matrix with strides (s0, s1) into tile [nt, nc] (float32).
 template <typename T>
 inline void load_rows(const T* x, int64_t s0, int64_t s1, int64_t t0, int64_t nt, int64_t c0, int64_t nc,
                       float* tile) {
   if (s1 == 1) {
-    for (int64_t r = 0; r < nt; ++r) {
-      const T* row = x + (t0 + r) * s0 + c0;
-      float* dst = tile + r * nc;
-#pragma omp simd
-      for (int64_t c = 0; c < nc; ++c) dst[c] = widen(row[c]);
-    }
-  } else {  // transposed (s0 == 1) or any other layout: walk each column down the block's rows
-    int64_t c = 0;
+    for (int64_t r = 0; r < nt; ++r) widen_row(x + (t0 + r) * s0 + c0, tile + r * nc, nc);
+    return;
+  }
+  // transposed (s0 == 1) or any other layout: walk each column down the block's rows
+  int64_t c = 0;
 #ifdef SGAGENT_AVX512_BF16
-    constexpr bool vec = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>;
-    if constexpr (vec) {
-      if (s0 == 1 && nt == 16) {  // 16 columns at a time: each column's 16 rows are one load, then a transpose
-      for (; c + 16 <= nc; c += 16) {
-        __m512i blk[16];
-        for (int j = 0; j < 16; ++j) blk[j] = _mm512_castps_si512(v16::load(x + (c0 + c + j) * s1 + t0));
-        v16::transpose(blk);
-        for (int r = 0; r < 16; ++r) _mm512_storeu_si512(tile + r * nc + c, blk[r]);
-      }
-      }
+  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>) {
+    // 16 columns at a time: each column's 16 rows are one load, then a transpose
+    for (; s0 == 1 && nt == 16 && c + 16 <= nc; c += 16) {
+      __m512i blk[16];
+      for (int j = 0; j < 16; ++j) blk[j] = _mm512_castps_si512(v16::load(x + (c0 + c + j) * s1 + t0));
+      v16::transpose(blk);
+      for (int r = 0; r < 16; ++r) _mm512_storeu_si512(tile + r * nc + c, blk[r]);
     }
+  }
 #endif
-    for (; c < nc; ++c) {
-      const T* col = x + (c0 + c) * s1 + t0 * s0;
-      for (int64_t r = 0; r < nt; ++r) tile[r * nc + c] = widen(col[r * s0]);
-    }
+  for (; c < nc; ++c) {
+    const T* col = x + (c0 + c) * s1 + t0 * s0;
+    for (int64_t r = 0; r < nt; ++r) tile[r * nc + c] = widen(col[r * s0]);
   }
 }
 

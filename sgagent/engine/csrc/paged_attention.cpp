@@ -2,8 +2,9 @@
 //
 // The plain-torch path gathers every sequence's pages into a padded copy before SDPA: on a CPU decode step
 // that copy (written once, read once) costs about as much as the attention itself. Here each task walks its
-// sequence's page table and reads the pool where it lies (see paged_impl).
-// Built on first use, with rms_norm.cpp, by sgagent/engine/cpu_ops.py (torch's C++ extension loader, -march=native).
+// sequence's page table and reads the pool where it lies (see paged_impl); bf16 pools with 16-key pages go to
+// attention_avx512.h where the CPU has AVX512-BF16.
+// Built on first use, with the other csrc/ ops, by sgagent/engine/cpu_ops.py (torch's extension loader, -march=native).
 //
 // Registered as torch.ops.sgagent_cpu.* (no Python binding module: the op library is all that is loaded).
 
@@ -27,12 +28,6 @@
 namespace {
 
 using sgagent::widen;
-
-template <typename T>
-inline void load_row(const T* src, float* dst, int64_t d) {
-#pragma omp simd
-  for (int64_t i = 0; i < d; ++i) dst[i] = widen(src[i]);
-}
 
 // q [N, H, R, D]; caches [slots, H, D]; pages [N, P]; limits [N, R]: row r of sequence n sees keys
 // 0..limits[n, r]-1 of its page sequence. out [N, H, R, D] (q's dtype), lse [N, H, R] (float32).
@@ -89,8 +84,8 @@ void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
             __builtin_prefetch(nv + b);
           }
         }
-        load_row(kp + off, kf.data(), cnt * H * D);
-        load_row(vp + off, vf.data(), cnt * H * D);
+        sgagent::widen_row(kp + off, kf.data(), cnt * H * D);
+        sgagent::widen_row(vp + off, vf.data(), cnt * H * D);
         for (int64_t h = 0; h < H; ++h)
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);

@@ -199,7 +199,8 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn, meta, ops=None) -> torch.Tensor:
-        """ops: the engine's C++ CPU ops (cpu_ops) for the norms, or None for plain torch."""
+        """ops: the engine's C++ CPU ops (cpu_ops) for the norms, rotary and activation, or None for plain torch.
+        Returns the final norm of the last hidden states."""
         x = self.model.embed_tokens(input_ids)
         cos = self.rotary.cos[positions].to(x.dtype)
         sin = self.rotary.sin[positions].to(x.dtype)
