@@ -39,7 +39,7 @@ def prefill_logits(e: sgagent.Engine, ids: list[int], rows: list[int]) -> torch.
         meta = runner.attn.prepare(plan.batch, runner.device)
         ids, pos = (torch.tensor(x, device=runner.device) for x in (plan.batch.input_ids, plan.batch.positions))
         h = runner.model(ids, pos, runner.attn, meta, runner.cpu_ops)  # the same ops the engine steps with
-        return runner.model.logits(h[rows]).cpu()
+        return runner.model.logits(h[rows], runner.cpu_ops).cpu()
 
     req.pages = runner.pool.alloc((len(ids) + 15) // 16)
     try:

@@ -1,4 +1,5 @@
-"""The engine's C++ ops for CPU steps (csrc/: paged attention and K/V stores, RMSNorm), built on first use.
+"""The engine's C++ ops for CPU steps (csrc/: paged attention and K/V stores, a layer's element-wise work,
+projections by GGUF blocks), built on first use.
 
 torch's extension loader compiles them once per machine (about 25 s with g++) into its cache
 (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and later processes just load it. Without a C++
@@ -18,7 +19,8 @@ import torch
 from ..log import get_logger
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("paged_attention.cpp", "rms_norm.cpp", "activation.cpp", "rope.cpp", "logits.cpp")]
+SOURCES = [CSRC / name for name in ("paged_attention.cpp", "rms_norm.cpp", "activation.cpp", "rope.cpp",
+                                    "logits.cpp", "quant_linear.cpp")]
 
 
 def _cpu_tag() -> str:
@@ -54,7 +56,9 @@ def cpu_ops():
       add_rms_norm(x, delta, weight, eps) -> (x + delta, rms_norm(x + delta));
     - silu_mul(gate_up [T, 2I]) -> silu(gate) * up [T, I];
     - rope_qkv(qkv [T, (H + 2 Hkv) D], cos, sin [T, D], H, Hkv) -> q [T, H, D], k, v [T, Hkv, D], q and k rotated;
-    - rows_to_float(y [T, V]) -> float32 [T, V], contiguous; argmax_rows(y) -> int64 [T], torch.max's tie rule.
+    - rows_to_float(y [T, V]) -> float32 [T, V], contiguous; argmax_rows(y) -> int64 [T], torch.max's tie rule;
+    - quant_linear(x [T, K] bf16, tiles, qtype, N, K) -> x @ W^T [T, N] for W in GGUF Q4_1/Q8_0 blocks packed by
+      model/quantized.py (AMX where quant_linear_fast(), else a portable loop).
     Their inputs may be strided (a decode step's projections come back transposed); outputs are contiguous.
     """
     log = get_logger("sgagent.engine")

@@ -94,8 +94,8 @@ class Engine(Prompting):
 
         dtype and device must stay the same (the weights are shared as they are).
         """
-        if any(k in overrides for k in ("model", "dtype", "device")):
-            raise ValueError("with_config shares the weights: model, dtype and device cannot change")
+        if any(k in overrides for k in ("model", "dtype", "device", "gguf_blocks")):
+            raise ValueError("with_config shares the weights: model, dtype, device and gguf_blocks cannot change")
         return Engine(config=dataclasses.replace(self.config, **overrides), _share=self)
 
     # -- lifecycle -----------------------------------------------------------------------------

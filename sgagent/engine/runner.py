@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..log import get_logger
 from .attention import make_backend
 from .attention.flashinfer_backend import FlashInferAttention  # flashinfer itself is imported only when used
 from .config import EngineConfig
@@ -55,13 +56,17 @@ class ModelRunner:
         else:
             self.dtype = _DTYPES[cfg.dtype]
         self.config = src.config
+        self.cpu_ops = cpu_ops() if cfg.cpu_kernels and self.device.type == "cpu" else None
         if model is None:
             model = CausalLM(src.config, src.hf_config)
+            blocks = src.load_block_quantized() if self._use_gguf_blocks(cfg) else {}
             model.load(src.load_tensors())
             model = model.to_device(self.device, self.dtype).eval()
+            if blocks:
+                n = model.attach_packed(blocks)
+                get_logger("sgagent.engine").info("engine.gguf_blocks", matrices=n)
         self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
-        self.cpu_ops = cpu_ops() if cfg.cpu_kernels and self.device.type == "cpu" else None
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
                                  cfg.shared_prefix_attention, self.cpu_ops)
         self.graphs = None
@@ -72,6 +77,11 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.attn, cfg.max_running_requests,
                                        -(-max_context // cfg.page_size) + 1)
             self.graphs.capture_all()
+
+    def _use_gguf_blocks(self, cfg: EngineConfig) -> bool:
+        """Multiply by a GGUF's Q4_1/Q8_0 blocks on few-row steps: bf16 CPU steps where the ops have AMX."""
+        return (cfg.gguf_blocks and self.cpu_ops is not None and self.dtype == torch.bfloat16
+                and self.cpu_ops.quant_linear_fast())
 
     def _argmax_only(self, plan: StepPlan, lp_rows: list[int]) -> bool:
         """Whether all this step needs of the logits is each row's argmax (greedy rows with no constraint and no
@@ -94,7 +104,7 @@ class ModelRunner:
             pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
             hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device), self.cpu_ops)
             if len(rows) and self._argmax_only(plan, lp_rows):
-                tokens = self.cpu_ops.argmax_rows(self.model.scores(hidden[rows])).tolist()
+                tokens = self.cpu_ops.argmax_rows(self.model.scores(hidden[rows], self.cpu_ops)).tolist()
                 return StepOutput(tokens, [None] * len(tokens), [[] for _ in plan.items])
             logits = self.model.logits(hidden[rows], self.cpu_ops) if len(rows) else None
         if logits is None:

@@ -99,3 +99,24 @@ def read_tensors(path: Path, cfg: ModelConfig, reader=None) -> dict[str, torch.T
             arr = _unpermute(arr, cfg.num_kv_heads)
         out[name] = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
     return out
+
+
+def read_block_quantized(path: Path, cfg: ModelConfig, reader=None) -> dict:
+    """The Q4_1/Q8_0 matrices as their GGUF rows (model/quantized.py), under Hugging Face names, q/k unpermuted
+    like read_tensors' (a permutation of whole rows, so it applies to the blocks as they are)."""
+    from .quantized import BLOCK_BYTES, QuantWeight
+
+    r = reader or open_reader(path)
+    permuted = cfg.model_type in ("llama", "mistral")
+    out = {}
+    for t in r.tensors:
+        name = _hf_name(t.name)
+        if name is None or int(t.tensor_type) not in BLOCK_BYTES or len(t.shape) != 2:
+            continue
+        rows = np.asarray(t.data)
+        if permuted and name.endswith("q_proj.weight"):
+            rows = _unpermute(rows, cfg.num_heads)
+        elif permuted and name.endswith("k_proj.weight"):
+            rows = _unpermute(rows, cfg.num_kv_heads)
+        out[name] = QuantWeight(int(t.tensor_type), np.array(rows, copy=True))
+    return out

@@ -6,11 +6,13 @@ per step for the whole batch; only attention looks at sequence boundaries (throu
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .quantized import PackedWeight, QuantWeight, pack, packable
 
 # Up to this many rows, a CPU projection runs as W @ x^T: MKL's sgemm is faster that way round for the few rows
 # of a decode step (layers 1.1-2.5x, the lm_head 1.4-4.5x at 4-128 rows: `python -m bench.cpu_projection`);
@@ -29,9 +31,24 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return F.linear(x, weight, bias)
 
 
+# Up to this many rows, a CPU step multiplies by the GGUF blocks (PackedWeight) where the model has them: there
+# reading the weights is most of the cost (all projections 1.3-1.7x faster at 1-64 rows, 1.03-1.17x at 128-256);
+# from 512 rows oneDNN's dense bf16 matmul is faster (0.8-0.9x): `python -m bench.gguf_blocks`.
+PACKED_ROWS = 256
+
+
+def multiply(x: torch.Tensor, weight: torch.Tensor, packed: PackedWeight | None, ops, bias=None) -> torch.Tensor:
+    """x @ weight^T (+ bias): through the GGUF blocks on CPU steps of few rows when both exist, else project."""
+    if packed is not None and ops is not None and x.dim() == 2 and x.shape[0] <= PACKED_ROWS:
+        return packed(x, ops, bias)
+    return project(x, weight, bias)
+
+
 class Linear(nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return project(x, self.weight, self.bias)
+    packed: PackedWeight | None = None  # the same matrix in GGUF blocks, attached by CausalLM.attach_packed
+
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
+        return multiply(x, self.weight, self.packed, ops, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -104,16 +121,16 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, attn, meta, ops=None):
         """cos, sin: [T, D] for each row's position. ops: the CPU ops (rotation and split in one pass) or None."""
         T, h, hkv = x.shape[0], self.h, self.hkv
-        qkv = self.qkv_proj(x)
+        qkv = self.qkv_proj(x, ops)
         if ops is not None and self.q_norm is None:
             q, k, v = ops.rope_qkv(qkv, cos, sin, h, hkv)
-            return self.o_proj(attn(self.layer, q, k, v, meta))
+            return self.o_proj(attn(self.layer, q, k, v, meta), ops)
         qkv = qkv.view(T, h + 2 * hkv, self.d)
         qk, v = qkv[:, : h + hkv], qkv[:, h + hkv :]
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :h]), self.k_norm(qk[:, h:])), dim=1)
         qk = rope(qk, cos[:, None], sin[:, None])  # q and k heads rotated together
-        return self.o_proj(attn(self.layer, qk[:, :h], qk[:, h:], v, meta))
+        return self.o_proj(attn(self.layer, qk[:, :h], qk[:, h:], v, meta), ops)
 
 
 class MLP(nn.Module):
@@ -123,9 +140,9 @@ class MLP(nn.Module):
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x, ops=None):
-        gate_up = self.gate_up_proj(x)
+        gate_up = self.gate_up_proj(x, ops)
         if ops is not None and gate_up.dim() == 2:
-            return self.down_proj(ops.silu_mul(gate_up))
+            return self.down_proj(ops.silu_mul(gate_up), ops)
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -160,7 +177,7 @@ FUSED = {
 }
 
 
-def _fuse(tensors: dict[str, torch.Tensor], fused: dict[str, tuple[str, ...]]) -> dict[str, torch.Tensor]:
+def _fuse(tensors: dict, fused: dict[str, tuple[str, ...]], cat=torch.cat) -> dict:
     out = dict(tensors)
     for name in tensors:
         for whole, parts in fused.items():
@@ -170,11 +187,19 @@ def _fuse(tensors: dict[str, torch.Tensor], fused: dict[str, tuple[str, ...]]) -
             prefix, kind = name.split(suffix)
             keys = [f"{prefix}.{p}.{kind}" for p in parts]
             if all(k in out for k in keys):
-                out[f"{prefix}.{whole}.{kind}"] = torch.cat([out.pop(k) for k in keys])
+                out[f"{prefix}.{whole}.{kind}"] = cat([out.pop(k) for k in keys])
     return out
 
 
+def _cat_blocks(parts: list[QuantWeight]) -> QuantWeight | None:
+    if len({p.qtype for p in parts}) != 1:
+        return None  # a fused matrix needs one block type: this one keeps only its dense weight
+    return QuantWeight(parts[0].qtype, np.concatenate([p.rows for p in parts]))
+
+
 class CausalLM(nn.Module):
+    packed: PackedWeight | None = None  # the lm_head in GGUF blocks (attach_packed)
+
     def __init__(self, cfg: ModelConfig, hf_config=None):
         super().__init__()
         self.cfg = cfg
@@ -191,6 +216,25 @@ class CausalLM(nn.Module):
         missing, unexpected = self.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise ValueError(f"weights do not fit the architecture: missing={missing[:5]} unexpected={unexpected[:5]}")
+
+    def attach_packed(self, blocks: dict[str, QuantWeight]) -> int:
+        """Give each projection (and the lm_head) its matrix in GGUF blocks where the file had one, fused like the
+        dense weights; the dense copies stay for steps of many rows. Returns how many matrices got one."""
+        blocks = _fuse(blocks, FUSED, _cat_blocks)
+        attached = 0
+        targets = {f"{n}.weight": m for n, m in self.named_modules() if isinstance(m, Linear)}
+        targets["model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"] = self
+        for name, module in targets.items():
+            w = blocks.get(name)
+            if w is not None and packable(w) and w.shape == tuple(self.lm_weight.shape if module is self
+                                                                  else module.weight.shape):
+                module.packed = pack(w)
+                attached += 1
+        return attached
+
+    @property
+    def lm_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def to_device(self, device, dtype):
         self.to(device=device, dtype=dtype)
@@ -212,13 +256,12 @@ class CausalLM(nn.Module):
         return h
 
     @torch.inference_mode()
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+    def scores(self, hidden: torch.Tensor, ops=None) -> torch.Tensor:
         """The lm_head's output in the model's dtype, possibly a transposed view (see project)."""
-        w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return project(hidden, w)
+        return multiply(hidden, self.lm_weight, self.packed, ops)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, ops=None) -> torch.Tensor:
         """float32 [rows, vocab], contiguous. ops: the CPU ops, whose conversion reads a transposed view fast."""
-        y = self.scores(hidden)
+        y = self.scores(hidden, ops)
         return ops.rows_to_float(y) if ops is not None and y.dim() == 2 else y.float().contiguous()

@@ -46,6 +46,13 @@ class ModelSource:
     hf_config: object | None = None
     reader: object | None = None  # parsing a GGUF header costs seconds (the vocabulary): parse once
 
+    def load_block_quantized(self) -> dict:
+        """A GGUF's Q4_1/Q8_0 matrices in their blocks (name -> QuantWeight); {} for other sources. Before
+        load_tensors, which lets go of the file."""
+        if not self.is_gguf:
+            return {}
+        return gguf_file.read_block_quantized(self.path, self.config, self.reader)
+
     def load_tensors(self) -> dict[str, torch.Tensor]:
         if self.is_gguf:
             tensors = gguf_file.read_tensors(self.path, self.config, self.reader)
