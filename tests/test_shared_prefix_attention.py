@@ -94,6 +94,17 @@ def test_decodes_sharing_a_long_prefix_form_one_group():
     assert prefix_groups([[1, 2], [1, 3]], [19, 19], 16) == []  # one shared page saves less than a group costs
 
 
+def test_in_place_reading_groups_only_long_shared_prefixes():
+    # a tree-of-thought level: 8 branches sharing 4 pages (64 tokens) save 448 token reads; worth a group when each
+    # member would gather them, not when the C++ kernel reads them in place
+    branches = [[1, 2, 3, 4, 10 + i] for i in range(8)]
+    assert len(prefix_groups(branches, [4 * 16 + 4] * 8, 16)) == 1
+    assert prefix_groups(branches, [4 * 16 + 4] * 8, 16, in_place=True) == []
+    # few-shot: 8 questions on an 800-token prefix still form one group either way
+    few_shot = [list(range(1, 51)) + [100 + i] for i in range(8)]
+    assert len(prefix_groups(few_shot, [50 * 16 + 4] * 8, 16, in_place=True)) == 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 10_000), st.integers(2, 40))
 def test_groups_share_only_full_pages_they_really_share(seed, n):
@@ -112,16 +123,20 @@ def test_groups_share_only_full_pages_they_really_share(seed, n):
 
 
 async def test_engine_outputs_equal_with_shared_prefix_attention_on_and_off(engine):
-    prefix = "".join(f"Q: What is {i} times 3?\nA: {3 * i}\n\n" for i in range(20))
-    prompts = [f"{prefix}Q: What is {i} times 3?\nA:" for i in range(21, 27)]
-    results = {}
+    # ~700 shared tokens x 7 more members: a group even where the C++ kernel reads pages in place
+    prefix = "".join(f"Q: What is {i} times 3?\nA: {3 * i}\n\n" for i in range(60))
+    prompts = [f"{prefix}Q: What is {i} times 3?\nA:" for i in range(61, 69)]
+    results, grouped = {}, {}
     for share in (True, False):
         e = engine.with_config(shared_prefix_attention=share, kv_cache_bytes=64 << 20)
+        prepare, seen = e.runner.attn.prepare, []
+        e.runner.attn.prepare = lambda *a, prepare=prepare, seen=seen: seen.append(prepare(*a)) or seen[-1]
         try:
             rs = await asyncio.gather(*(e.generate(p, max_tokens=8, temperature=0, logprobs=True) for p in prompts))
-            results[share] = rs
+            results[share], grouped[share] = rs, any(m.groups for m in seen)
         finally:
             await e.aclose()
+    assert grouped == {True: True, False: False}
     for a, b in zip(results[True], results[False]):
         assert a.token_ids == b.token_ids
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4

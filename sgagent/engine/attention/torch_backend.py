@@ -87,7 +87,8 @@ class TorchAttention:
         ps = self.pool.page_size
         skip = [0] * len(seqs)  # leading pages attended through a group
         if self.share_prefixes:
-            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps):
+            in_place = self.ops is not None  # the C++ kernel reads each member's pages where they lie
+            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps, in_place):
                 meta.groups.append(_Group(torch.tensor(g.members, device=device),
                                           torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
                 for m in g.members:
