@@ -114,6 +114,7 @@ def test_bad_operands_are_refused(ops):
     with pytest.raises(RuntimeError, match="qtype"):
         ops.quant_linear(x, w.tiles, 2, 32, 64)
     assert not packable(random_blocks(Q4_1, 24, 64))  # 24 rows: not whole panels of 16; stays dense
+    assert not packable(QuantWeight(12, np.zeros((16, 144), dtype=np.uint8)))  # Q4_K: no kernel, stays dense
     with pytest.raises(ValueError, match="ggml type"):
         pack(QuantWeight(2, np.zeros((16, 18), dtype=np.uint8)))
 

@@ -92,7 +92,7 @@ class Engine(Prompting):
         """A second engine on the same loaded weights and tokenizer, with its own KV pool and scheduler;
         compiled constraints come from this engine's cache while it is open (and constraint_* settings match).
 
-        dtype and device must stay the same (the weights are shared as they are).
+        dtype, device and gguf_blocks must stay the same (the weights are shared as they are).
         """
         if any(k in overrides for k in ("model", "dtype", "device", "gguf_blocks")):
             raise ValueError("with_config shares the weights: model, dtype, device and gguf_blocks cannot change")

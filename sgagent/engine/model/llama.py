@@ -222,12 +222,11 @@ class CausalLM(nn.Module):
         dense weights; the dense copies stay for steps of many rows. Returns how many matrices got one."""
         blocks = _fuse(blocks, FUSED, _cat_blocks)
         attached = 0
-        targets = {f"{n}.weight": m for n, m in self.named_modules() if isinstance(m, Linear)}
-        targets["model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"] = self
-        for name, module in targets.items():
+        targets = {f"{n}.weight": (m, m.weight) for n, m in self.named_modules() if isinstance(m, Linear)}
+        targets["model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"] = (self, self.lm_weight)
+        for name, (module, dense) in targets.items():
             w = blocks.get(name)
-            if w is not None and packable(w) and w.shape == tuple(self.lm_weight.shape if module is self
-                                                                  else module.weight.shape):
+            if w is not None and packable(w) and w.shape == tuple(dense.shape):
                 module.packed = pack(w)
                 attached += 1
         return attached
@@ -257,7 +256,8 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def scores(self, hidden: torch.Tensor, ops=None) -> torch.Tensor:
-        """The lm_head's output in the model's dtype, possibly a transposed view (see project)."""
+        """The lm_head's output in the model's dtype, possibly a transposed view (see project); by the GGUF blocks
+        when ops are given and the model has them."""
         return multiply(hidden, self.lm_weight, self.packed, ops)
 
     @torch.inference_mode()

@@ -44,8 +44,8 @@ class PackedWeight:
 
 
 def packable(w: QuantWeight) -> bool:
-    n, k = w.shape
-    return w.qtype in BLOCK_BYTES and n % 16 == 0 and k % 32 == 0
+    """Whether the op takes this matrix: a block type it knows, whole panels of 16 outputs."""
+    return w.qtype in BLOCK_BYTES and w.shape[0] % 16 == 0 and w.shape[1] % 32 == 0
 
 
 def pack(w: QuantWeight) -> PackedWeight:
