@@ -28,6 +28,7 @@ def ops():
 def fast(request, ops):
     """Both paths of the op: AMX tiles (where this CPU has them) and the portable loop."""
     if request.param == "amx" and not ops.quant_linear_fast():
+        # hardware, like the CUDA-only tests: the portable case of each test still runs here
         pytest.skip("this CPU has no AMX (or the kernel may not request its tile state)")
     return request.param == "amx"
 

@@ -175,16 +175,13 @@ class TorchAttention:
         for n, same in fresh.items():
             # one causal call for all fresh prompts of a length: a call per prompt left most of the kernel's
             # (batch x head) tasks to one of two threads (9 heads) and paid its set-up each time
+            # their rows: back to back as the scheduler adds them (a slice: views, no copy), else gathered
             start = same[0].row
-            if all(e.row == start + i * n for i, e in enumerate(same)):  # back to back, as the scheduler adds them
-                span = slice(start, start + len(same) * n)
-                qe, ke, ve = (t[span].unflatten(0, (len(same), n)).transpose(1, 2) for t in (q, k, v))
-                oe = F.scaled_dot_product_attention(qe, ke, ve, is_causal=True, enable_gqa=True)
-                out[span] = oe.transpose(1, 2).flatten(0, 1)
-                continue
-            rows = [slice(e.row, e.row + n) for e in same]
-            qe, ke, ve = (torch.stack([t[r] for r in rows]).transpose(1, 2) for t in (q, k, v))  # [B, H, n, D]
-            oe = F.scaled_dot_product_attention(qe, ke, ve, is_causal=True, enable_gqa=True).transpose(1, 2)
-            for i, r in enumerate(rows):
-                out[r] = oe[i]
+            if all(e.row == start + i * n for i, e in enumerate(same)):
+                rows = slice(start, start + len(same) * n)
+            else:
+                rows = torch.cat([torch.arange(e.row, e.row + n) for e in same]).to(q.device)
+            qe, ke, ve = (t[rows].unflatten(0, (len(same), n)).transpose(1, 2) for t in (q, k, v))  # [B, H, n, D]
+            oe = F.scaled_dot_product_attention(qe, ke, ve, is_causal=True, enable_gqa=True)
+            out[rows] = oe.transpose(1, 2).flatten(0, 1)
         return out.reshape(T, H * D)

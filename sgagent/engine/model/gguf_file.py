@@ -72,6 +72,17 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _hf_rows(name: str, rows: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """A matrix's rows in transformers' order: q/k of llama-style models unpermuted. The permutation moves whole
+    rows, so it applies alike to dequantized values and to rows of GGUF blocks."""
+    if cfg.model_type in ("llama", "mistral"):
+        if name.endswith("q_proj.weight"):
+            return _unpermute(rows, cfg.num_heads)
+        if name.endswith("k_proj.weight"):
+            return _unpermute(rows, cfg.num_kv_heads)
+    return rows
+
+
 def _hf_name(gguf_name: str) -> str | None:
     base, _, suffix = gguf_name.rpartition(".")
     if base.startswith("blk."):
@@ -86,37 +97,26 @@ def read_tensors(path: Path, cfg: ModelConfig, reader=None) -> dict[str, torch.T
     from gguf.quants import dequantize
 
     r = reader or open_reader(path)
-    permuted = cfg.model_type in ("llama", "mistral")
     out = {}
     for t in r.tensors:
         name = _hf_name(t.name)
         if name is None:
             continue  # e.g. rope_freqs: recomputed from the config
         arr = dequantize(t.data, t.tensor_type).reshape(tuple(int(d) for d in reversed(t.shape)))
-        if permuted and name.endswith("q_proj.weight"):
-            arr = _unpermute(arr, cfg.num_heads)
-        elif permuted and name.endswith("k_proj.weight"):
-            arr = _unpermute(arr, cfg.num_kv_heads)
-        out[name] = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+        out[name] = torch.from_numpy(np.array(_hf_rows(name, arr, cfg), dtype=np.float32, copy=True))
     return out
 
 
 def read_block_quantized(path: Path, cfg: ModelConfig, reader=None) -> dict:
     """The Q4_1/Q8_0 matrices as their GGUF rows (model/quantized.py), under Hugging Face names, q/k unpermuted
-    like read_tensors' (a permutation of whole rows, so it applies to the blocks as they are)."""
+    like read_tensors' (_hf_rows)."""
     from .quantized import BLOCK_BYTES, QuantWeight
 
     r = reader or open_reader(path)
-    permuted = cfg.model_type in ("llama", "mistral")
     out = {}
     for t in r.tensors:
         name = _hf_name(t.name)
         if name is None or int(t.tensor_type) not in BLOCK_BYTES or len(t.shape) != 2:
             continue
-        rows = np.asarray(t.data)
-        if permuted and name.endswith("q_proj.weight"):
-            rows = _unpermute(rows, cfg.num_heads)
-        elif permuted and name.endswith("k_proj.weight"):
-            rows = _unpermute(rows, cfg.num_kv_heads)
-        out[name] = QuantWeight(int(t.tensor_type), np.array(rows, copy=True))
+        out[name] = QuantWeight(int(t.tensor_type), np.array(_hf_rows(name, np.asarray(t.data), cfg), copy=True))
     return out
