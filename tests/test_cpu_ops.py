@@ -54,6 +54,68 @@ def test_paged_attention_matches_reference(ops, dtype, tol, head_dim):
         assert torch.equal(out_t, out)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_grouped_paged_attention_equals_attention_over_whole_tables(ops, dtype, tol, head_dim):
+    # radix branches: groups of sequences share leading pages; the op reads those once for all members and
+    # continues each member's rows into its own pages, which must give attention over prefix + own pages
+    g = torch.Generator().manual_seed(head_dim + 1)
+    H, R, pool_pages, N = 3, 4, 128, 11
+    kc = torch.randn(pool_pages * PS, H, head_dim, generator=g).to(dtype)
+    vc = torch.randn(pool_pages * PS, H, head_dim, generator=g).to(dtype)
+    free = (torch.randperm(pool_pages - 1, generator=g) + 1).tolist()
+    prefixes = [[free.pop() for _ in range(n)] for n in (5, 2, 1)]
+    of = [0, 0, 0, 1, -1, 1, 0, 2, 2, -1, 1]  # two loners; member counts 4, 3, 2
+    own_pages = [[free.pop() for _ in range(1 + n % 3)] for n in range(N)]
+    own_limits = torch.tensor([[PS * len(p) - (r * 5 + n) % PS if r < R - 1 else 0 for r in range(R)]
+                               for n, p in enumerate(own_pages)], dtype=torch.int32)  # the last row: padding
+    width = max(map(len, own_pages))
+    pages = torch.tensor([p + [0] * (width - len(p)) for p in own_pages])
+    q = torch.randn(N, H, R, head_dim, generator=g).to(dtype)
+    gp = torch.tensor([p + [0] * (5 - len(p)) for p in prefixes])
+    gk = torch.tensor([len(p) * PS for p in prefixes], dtype=torch.int32)
+    out, lse = ops.paged_attention_grouped(q, kc, vc, pages, own_limits, gp, gk, torch.tensor(of, dtype=torch.int32),
+                                           PS, head_dim ** -0.5)
+    # the same rows over whole tables (prefix pages, then own), each row seeing its prefix and own keys
+    whole = [(prefixes[o] if o >= 0 else []) + p for o, p in zip(of, own_pages)]
+    wwidth = max(map(len, whole))
+    wpages = torch.tensor([w + [0] * (wwidth - len(w)) for w in whole])
+    skip = torch.tensor([len(prefixes[o]) * PS if o >= 0 else 0 for o in of], dtype=torch.int32)[:, None]
+    wlimits = torch.where(own_limits > 0, own_limits + skip, 0).to(torch.int32)
+    want, want_lse = reference(q, kc, vc, wpages, wlimits, PS)
+    real = own_limits > 0  # [N, R]
+    assert (out.double() - want).abs().amax(-1).transpose(1, 2)[real].max() < tol
+    assert (lse.double() - want_lse).abs().transpose(1, 2)[real].max() < 1e-4
+    # the padding rows of grouped sequences hold their prefix's attention alone; a loner's, nothing
+    pad = q[:, :, -1:]
+    for n, o in enumerate(of):
+        if o < 0:
+            assert torch.all(out[n, :, -1] == 0) and torch.all(lse[n, :, -1] == float("-inf"))
+        else:
+            ref, ref_lse = reference(pad[n : n + 1], kc, vc, gp[o : o + 1], gk[o].view(1, 1), PS)
+            assert (out[n, :, -1].double() - ref[0, :, 0]).abs().max() < tol
+            assert (lse[n, :, -1].double() - ref_lse[0, :, 0]).abs().max() < 1e-4
+    # no groups: the plain op's result
+    none = torch.empty(0, dtype=torch.int32)
+    plain = ops.paged_attention_grouped(q, kc, vc, wpages, wlimits, torch.empty(0, 0, dtype=torch.long), none, none,
+                                        PS, head_dim ** -0.5)
+    assert torch.equal(plain[0], ops.paged_attention(q, kc, vc, wpages, wlimits, PS, head_dim ** -0.5)[0])
+
+
+def test_grouped_paged_attention_rejects_bad_groups(ops):
+    kc = torch.randn(4 * PS, 1, 16)
+    q, pages, limits = torch.randn(2, 1, 1, 16), torch.tensor([[1], [2]]), torch.tensor([[3], [3]], dtype=torch.int32)
+    gp, gk = torch.tensor([[3]]), torch.tensor([PS], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="group 1 does not exist"):
+        ops.paged_attention_grouped(q, kc, kc, pages, limits, gp, gk, torch.tensor([0, 1], dtype=torch.int32), PS, 0.25)
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        ops.paged_attention_grouped(q, kc, kc, pages, limits, torch.tensor([[9]]), gk,
+                                    torch.tensor([0, 0], dtype=torch.int32), PS, 0.25)
+    with pytest.raises(RuntimeError, match="outside its page table"):
+        ops.paged_attention_grouped(q, kc, kc, pages, limits, gp, torch.tensor([PS + 1], dtype=torch.int32),
+                                    torch.tensor([0, -1], dtype=torch.int32), PS, 0.25)
+
+
 def test_paged_attention_rejects_bad_tables(ops):
     kc = torch.zeros(8 * PS, 2, 64)
     q = torch.zeros(1, 2, 1, 64)

@@ -7,10 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sgagent.engine.attention import lse, prefix_groups as pg
-from sgagent.engine.attention.prefix_groups import prefix_groups
+from sgagent.engine.attention import lse, torch_backend as tb
+from sgagent.engine.attention.prefix_groups import NATIVE_GROUP_OVERHEAD_TOKENS, prefix_groups
 from sgagent.engine.attention.torch_backend import SHORT_QUERIES, TorchAttention
 from sgagent.engine.batch import ForwardBatch
+from sgagent.engine.cpu_ops import cpu_ops
 
 PS, HKV, H, D = 4, 2, 6, 8
 
@@ -57,12 +58,18 @@ def rows(T: int, heads: int, transposed: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
-@pytest.mark.parametrize("fallback", [False, True], ids=["cpu-flash", "matmul"])
+@pytest.mark.parametrize("path", ["cpu-flash", "matmul", "cpp"])
 @pytest.mark.parametrize("seed", range(12))
-def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallback, transposed, monkeypatch):
-    if fallback:
+def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, path, transposed, monkeypatch):
+    if path == "matmul":
         monkeypatch.setattr(lse, "_cpu_flash", None)
-    monkeypatch.setattr(pg, "GROUP_OVERHEAD_TOKENS", 0)  # group whatever is shared, however little
+    ops = None
+    if path == "cpp":  # the engine's C++ kernel, which attends each group's prefix itself
+        ops = cpu_ops()
+        assert ops is not None, "the C++ ops did not build here (see the cpu_ops.unavailable log line)"
+    # group whatever is shared, however little
+    monkeypatch.setattr(tb, "GROUP_OVERHEAD_TOKENS", 0)
+    monkeypatch.setattr(tb, "NATIVE_GROUP_OVERHEAD_TOKENS", 0)
     rng = random.Random(seed)
     pool = Pool(256)
     tables, lens, owns = random_tables(rng, rng.randint(2, 12), 256)
@@ -73,13 +80,13 @@ def test_decodes_appends_and_extends_match_a_per_sequence_reference(seed, fallba
         batch.add([0] * q_len, n - q_len, t)
     T = batch.num_tokens
     q, k, v = rows(T, H, transposed), rows(T, HKV, transposed), rows(T, HKV, transposed)
-    attn = TorchAttention(pool, H, share_prefixes=True)
+    attn = TorchAttention(pool, H, share_prefixes=True, ops=ops)
     meta = attn.prepare(batch, torch.device("cpu"))
     out = attn(0, q, k, v, meta)  # writes this step's k/v into the pool first, as the model does
     short = [s for s in batch.seqs if s.q_len <= SHORT_QUERIES]
     sharing = any(a.pages[0] == b.pages[0] and min(a.prefix_len, b.prefix_len) >= PS
                   for i, a in enumerate(short) for b in short[i + 1 :])
-    assert bool(meta.groups) == sharing
+    assert bool(meta.groups if ops is None else meta.group_pages is not None) == sharing
     for s in batch.seqs:
         want = reference(pool, q[s.row : s.row + s.q_len], s.pages, s.kv_len, s.q_len)
         torch.testing.assert_close(out[s.row : s.row + s.q_len].double(), want, atol=1e-5, rtol=1e-5)
@@ -94,15 +101,17 @@ def test_decodes_sharing_a_long_prefix_form_one_group():
     assert prefix_groups([[1, 2], [1, 3]], [19, 19], 16) == []  # one shared page saves less than a group costs
 
 
-def test_in_place_reading_groups_only_long_shared_prefixes():
-    # a tree-of-thought level: 8 branches sharing 4 pages (64 tokens) save 448 token reads; worth a group when each
-    # member would gather them, not when the C++ kernel reads them in place
+def test_group_cost_follows_how_members_would_read_the_prefix():
+    # a tree-of-thought level: 8 branches sharing 4 pages (64 tokens) save 448 token reads, worth a group for the
+    # C++ kernel (whose groups cost a task, no calls) and for plain torch (two calls and a merge)
     branches = [[1, 2, 3, 4, 10 + i] for i in range(8)]
+    assert len(prefix_groups(branches, [4 * 16 + 4] * 8, 16, NATIVE_GROUP_OVERHEAD_TOKENS)) == 1
     assert len(prefix_groups(branches, [4 * 16 + 4] * 8, 16)) == 1
-    assert prefix_groups(branches, [4 * 16 + 4] * 8, 16, in_place=True) == []
-    # few-shot: 8 questions on an 800-token prefix still form one group either way
-    few_shot = [list(range(1, 51)) + [100 + i] for i in range(8)]
-    assert len(prefix_groups(few_shot, [50 * 16 + 4] * 8, 16, in_place=True)) == 1
+    # two branches sharing 2 pages save 32 reads: a group only where forming one costs less
+    pair = [[1, 2, 10], [1, 2, 11]]
+    assert len(prefix_groups(pair, [36, 36], 16, NATIVE_GROUP_OVERHEAD_TOKENS - 1)) == 1
+    assert prefix_groups(pair, [36, 36], 16, NATIVE_GROUP_OVERHEAD_TOKENS) == []
+    assert prefix_groups(pair, [36, 36], 16) == []
 
 
 @settings(max_examples=200, deadline=None)
@@ -123,7 +132,7 @@ def test_groups_share_only_full_pages_they_really_share(seed, n):
 
 
 async def test_engine_outputs_equal_with_shared_prefix_attention_on_and_off(engine):
-    # ~700 shared tokens x 7 more members: a group even where the C++ kernel reads pages in place
+    # ~700 shared tokens x 7 more members: a group on either path
     prefix = "".join(f"Q: What is {i} times 3?\nA: {3 * i}\n\n" for i in range(60))
     prompts = [f"{prefix}Q: What is {i} times 3?\nA:" for i in range(61, 69)]
     results, grouped = {}, {}
@@ -133,7 +142,7 @@ async def test_engine_outputs_equal_with_shared_prefix_attention_on_and_off(engi
         e.runner.attn.prepare = lambda *a, prepare=prepare, seen=seen: seen.append(prepare(*a)) or seen[-1]
         try:
             rs = await asyncio.gather(*(e.generate(p, max_tokens=8, temperature=0, logprobs=True) for p in prompts))
-            results[share], grouped[share] = rs, any(m.groups for m in seen)
+            results[share], grouped[share] = rs, any(m.groups or m.group_pages is not None for m in seen)
         finally:
             await e.aclose()
     assert grouped == {True: True, False: False}

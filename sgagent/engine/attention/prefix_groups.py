@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# What a group costs beyond its tokens (two extra attention calls and the merge), in gathered tokens:
-# groups smaller than this saving are not worth forming.
+# What a group costs beyond its tokens, in gathered tokens: groups smaller than this saving are not worth forming.
+# Plain torch: two extra attention calls and a merge.
 GROUP_OVERHEAD_TOKENS = 256
-# The same where members read their pages in place (the CPU's C++ kernel): a shared token costs each extra
-# member ~60 ns a layer of memory traffic, not a gather, and a group's torch calls and merge ~150 us a layer.
-# Tree-of-thought's branches (a few members sharing 50-200 tokens) ran their decode steps 26% slower grouped
-# at 256; few-shot's 64 questions sharing ~800 tokens still gain from a group (decode 1.43 -> 0.95 s).
-IN_PLACE_GROUP_OVERHEAD_TOKENS = 2048
+# The C++ kernel (paged_tasks.h): a task per group that hands each member's rows their partial result, no extra
+# calls; its members would otherwise read the shared pages where they lie, so a group saves their memory traffic
+# and the per-page work (transposing keys, widening values), not a gather.
+NATIVE_GROUP_OVERHEAD_TOKENS = 32
 
 
 @dataclass
@@ -35,16 +34,15 @@ def _common_pages(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 
 def prefix_groups(page_tables: Sequence[Sequence[int]], query_starts: Sequence[int], page_size: int,
-                  in_place: bool = False) -> list[PrefixGroup]:
+                  overhead_tokens: int = GROUP_OVERHEAD_TOKENS) -> list[PrefixGroup]:
     """Partition sequences into groups sharing leading pages, minimising the tokens gathered.
 
     Sequences sorted by page table put every group's members next to each other, so the best
     partition is a split of that order into runs; found by dynamic programming over run ends.
     query_starts[i] is the position of sequence i's first new token: the page holding it, and any after
-    it, are never counted as shared, so new tokens are never written into a shared page. in_place: the
-    members would otherwise read their pages where they lie (IN_PLACE_GROUP_OVERHEAD_TOKENS), not gather them.
+    it, are never counted as shared, so new tokens are never written into a shared page. overhead_tokens: what
+    forming a group costs, in tokens read.
     """
-    overhead_tokens = IN_PLACE_GROUP_OVERHEAD_TOKENS if in_place else GROUP_OVERHEAD_TOKENS
     n = len(page_tables)
     if n < 2:
         return []

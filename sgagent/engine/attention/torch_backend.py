@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..batch import ForwardBatch
 from .lse import attend, mask_bias, merge
-from .prefix_groups import prefix_groups
+from .prefix_groups import GROUP_OVERHEAD_TOKENS, NATIVE_GROUP_OVERHEAD_TOKENS, prefix_groups
 
 # queries per sequence up to which it joins the padded batch (decodes are 1; jump-forward appends a few)
 SHORT_QUERIES = 16
@@ -47,7 +47,11 @@ class TorchMeta:
     short_pages: torch.Tensor | None = None  # [B, P] each sequence's unshared pages, padded with page 0
     short_bias: torch.Tensor | None = None  # [B, 1, heads per K/V head * Q, P * page_size], see _short
     short_limits: torch.Tensor | None = None  # C++ path, instead of the bias: [B, heads per K/V head * Q] keys seen
-    groups: list[_Group] = field(default_factory=list)
+    groups: list[_Group] = field(default_factory=list)  # torch path: shared prefixes attended by SDPA and merged
+    # C++ path: shared prefixes the kernel attends once for all members ([G, P] pages, [G] keys, [B] group or -1)
+    group_pages: torch.Tensor | None = None
+    group_keys: torch.Tensor | None = None
+    group_of: torch.Tensor | None = None
     extends: list[_Extend] = field(default_factory=list)
 
 
@@ -87,12 +91,25 @@ class TorchAttention:
         ps = self.pool.page_size
         skip = [0] * len(seqs)  # leading pages attended through a group
         if self.share_prefixes:
-            in_place = self.ops is not None  # the C++ kernel reads each member's pages where they lie
-            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps, in_place):
-                meta.groups.append(_Group(torch.tensor(g.members, device=device),
-                                          torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
+            native = self.ops is not None  # the C++ kernel attends each group's pages itself (paged_tasks.h)
+            overhead = NATIVE_GROUP_OVERHEAD_TOKENS if native else GROUP_OVERHEAD_TOKENS
+            groups = prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps, overhead)
+            for gi, g in enumerate(groups):
                 for m in g.members:
                     skip[m] = g.pages
+                if not native:
+                    meta.groups.append(_Group(torch.tensor(g.members, device=device),
+                                              torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
+            if native and groups:
+                width = max(g.pages for g in groups)
+                meta.group_pages = torch.tensor([seqs[g.members[0]].pages[: g.pages] + [0] * (width - g.pages)
+                                                 for g in groups], dtype=torch.long)
+                meta.group_keys = torch.tensor([g.pages * ps for g in groups], dtype=torch.int32)
+                of = [-1] * len(seqs)
+                for gi, g in enumerate(groups):
+                    for m in g.members:
+                        of[m] = gi
+                meta.group_of = torch.tensor(of, dtype=torch.int32)
         own = [s.kv_len - skip[i] * ps for i, s in enumerate(seqs)]
         width = max(_npages(n, ps) for n in own)
         nq = max(s.q_len for s in seqs)
@@ -106,7 +123,10 @@ class TorchAttention:
         meta.short_pages = torch.tensor(pages, dtype=torch.long, device=device)
         # rows of a K/V head are (grouped head, query position): each position's visible keys, repeated per head
         if self.ops is not None:
-            seen = torch.tensor(last_key, dtype=torch.int32) + 1  # [B, Q]
+            # a padding row sees no key: the kernel skips it (a step mixing decodes with extends of a few tokens
+            # otherwise computed every decode nq times over)
+            seen = torch.tensor([[k + 1 if j < s.q_len else 0 for j, k in enumerate(keys)]
+                                 for s, keys in zip(seqs, last_key)], dtype=torch.int32)  # [B, Q]
             meta.short_limits = seen[:, None].expand(-1, self.group, -1).reshape(len(seqs), -1).contiguous()
         else:
             mask = torch.arange(width * ps)[None, None, :] <= torch.tensor(last_key)[:, :, None]  # [B, Q, L]
@@ -128,6 +148,10 @@ class TorchAttention:
         hkv, g = kc.shape[1], self.group
         r = g * Q  # query rows per K/V head: its grouped heads at every position
         qg = q.view(B, Q, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, r, D)
+        if self.ops is not None and meta.group_pages is not None:
+            out = self.ops.paged_attention_grouped(qg, kc, vc, meta.short_pages, meta.short_limits, meta.group_pages,
+                                                   meta.group_keys, meta.group_of, self.pool.page_size, self.scale)[0]
+            return out.view(B, hkv, g, Q, D).permute(0, 3, 1, 2, 4).reshape(B, Q, H, D)
         if self.ops is not None:
             out, lse = self.ops.paged_attention(qg, kc, vc, meta.short_pages, meta.short_limits, self.pool.page_size,
                                                 self.scale)

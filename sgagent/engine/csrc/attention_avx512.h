@@ -1,4 +1,4 @@
-// paged_attention for bfloat16 caches on CPUs with AVX512-BF16 (Sapphire Rapids and later), pages of 16 keys.
+// Paged attention for bfloat16 caches on CPUs with AVX512-BF16 (Sapphire Rapids and later), pages of 16 keys.
 //
 // The generic kernel (paged_attention.cpp) widens every key and value to float32 and takes each score as a
 // D-wide dot product with a horizontal sum at the end; on a 64-row decode step that compute, not memory, was
@@ -50,120 +50,135 @@ inline void accumulate_values(float* const* acc, const float* rescale, const flo
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc[i] + 16 * c, a[i][c]);
 }
 
-// Same contract as paged_impl (paged_attention.cpp) for T = bf16, page size 16, head size D (a multiple of 32).
+// The kernel of paged_tasks.h's run_paged for bf16 caches, page size 16, head size D (a multiple of 32).
 template <int D>
-void paged_bf16(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& pages,
-                const at::Tensor& limits, double scale, at::Tensor& out, at::Tensor& lse) {
+struct PagedBF16 {
   using BF = c10::BFloat16;
+  static constexpr int pairs = D / 2;
   // rows per P @ V register block: their accumulators (D / 16 registers a row) take 16 of the 32 registers
-  constexpr int pairs = D / 2, RB = std::max(1, 16 / (D / 16));
-  const int64_t N = q.size(0), H = q.size(1), R = q.size(2), P = pages.size(1);
-  const int64_t qsn = q.stride(0), qsh = q.stride(1), qsr = q.stride(2), qsd = q.stride(3);
-  const int64_t block = kKeys * H * D;
-  const BF* qp = q.data_ptr<BF>();
-  const BF* kp = kc.data_ptr<BF>();
-  const BF* vp = vc.data_ptr<BF>();
-  const int64_t* pg = pages.data_ptr<int64_t>();
-  const int32_t* lim = limits.data_ptr<int32_t>();
-  BF* op = out.data_ptr<BF>();
-  float* lp = lse.data_ptr<float>();
-  const __m512 sc = _mm512_set1_ps(static_cast<float>(scale));
-  const float ninf = -std::numeric_limits<float>::infinity();
+  static constexpr int RB = std::max(1, 16 / (D / 16));
+  const BF* kp;
+  const BF* vp;
+  int64_t H;
+  float scale;
 
-  const auto [chunk, blocks] = sgagent::split_rows(N, R);
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t HR = H * R;
-    std::vector<uint32_t> qpair(HR * pairs);
-    std::vector<float> acc(HR * D), m(HR), sum(HR), prob(HR * kKeys), resc(HR);
+  struct State {
+    int64_t rows = 0;  // per K/V head; row (h, i) is h * rows + i
+    std::vector<uint32_t> qpair;  // the query as bf16 pairs
+    std::vector<float> acc, m, sum, prob, resc;
+  };
+
+  PagedBF16(const at::Tensor& kc, const at::Tensor& vc, double sc)
+      : kp(kc.data_ptr<BF>()), vp(vc.data_ptr<BF>()), H(kc.size(1)), scale(static_cast<float>(sc)) {}
+
+  void begin(State& st, int64_t rows) const {
+    const int64_t HR = H * rows;
+    st.rows = rows;
+    st.qpair.resize(HR * pairs);
+    st.acc.assign(HR * D, 0.f);
+    st.m.assign(HR, -std::numeric_limits<float>::infinity());
+    st.sum.assign(HR, 0.f);
+    st.prob.resize(HR * kKeys);
+    st.resc.resize(HR);
+  }
+
+  void query(State& st, int64_t h, int64_t i, const BF* src, int64_t qsd) const {
+    uint32_t* dst = st.qpair.data() + (h * st.rows + i) * pairs;
+    for (int j = 0; j < pairs; ++j)
+      dst[j] = static_cast<uint32_t>(src[(2 * j) * qsd].x) | static_cast<uint32_t>(src[(2 * j + 1) * qsd].x) << 16;
+  }
+
+  void resume(State& st, int64_t h, int64_t i, const float* o, float lse) const {
+    const int64_t hr = h * st.rows + i;
+    st.m[hr] = lse;
+    st.sum[hr] = 1.f;
+    std::copy(o, o + D, st.acc.data() + hr * D);
+  }
+
+  template <typename O>
+  void finish(const State& st, int64_t h, int64_t i, O* dst, float* lse) const {
+    const int64_t hr = h * st.rows + i;
+    finish_row(st.acc.data() + hr * D, st.m[hr], st.sum[hr], D, dst, lse);
+  }
+
+  void attend(State& st, const int32_t* l, const int64_t* pg) const {
+    const int64_t R = st.rows, block = kKeys * H * D;
+    const int64_t L = *std::max_element(l, l + R);
+    const __m512 sc = _mm512_set1_ps(scale);
+    const float ninf = -std::numeric_limits<float>::infinity();
     alignas(64) uint32_t kt[pairs * kKeys];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, r0 = task % blocks * chunk, r1 = std::min(R, r0 + chunk);
-      const int32_t* l = lim + n * R;
-      const int64_t L = *std::max_element(l + r0, l + r1);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t r = r0; r < r1; ++r) {
-          const BF* src = qp + n * qsn + h * qsh + r * qsr;
-          uint32_t* dst = qpair.data() + (h * R + r) * pairs;
-          for (int j = 0; j < pairs; ++j)
-            dst[j] = static_cast<uint32_t>(src[(2 * j) * qsd].x) | static_cast<uint32_t>(src[(2 * j + 1) * qsd].x) << 16;
+    for (int64_t p = 0; p * kKeys < L; ++p) {
+      const int64_t first = p * kKeys, cnt = std::min<int64_t>(kKeys, L - first);
+      const BF* kpage = kp + pg[p] * block;
+      const BF* vpage = vp + pg[p] * block;
+      const bool more = (p + 1) * kKeys < L;
+      const char* nk = more ? reinterpret_cast<const char*>(kp + pg[p + 1] * block) : nullptr;
+      const char* nv = more ? reinterpret_cast<const char*>(vp + pg[p + 1] * block) : nullptr;
+      const int64_t bytes = block * static_cast<int64_t>(sizeof(BF)), share = bytes / H;
+      const __mmask16 present = static_cast<__mmask16>((1u << cnt) - 1);
+      for (int64_t h = 0; h < H; ++h) {
+        // the pool is far larger than any cache: fetch a share of the next page with each head (all of it at
+        // once filled the line-fill buffers and stalled: 0.75 vs 0.70 ms a 64 x 160 layer)
+        if (more) {
+          for (int64_t b = h * share; b < (h + 1 == H ? bytes : (h + 1) * share); b += 64) {
+            _mm_prefetch(nk + b, _MM_HINT_T0);
+            _mm_prefetch(nv + b, _MM_HINT_T0);
+          }
         }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(m.begin(), m.end(), ninf);
-      std::fill(sum.begin(), sum.end(), 0.f);
-      for (int64_t p = 0; p * kKeys < L; ++p) {
-        const int64_t first = p * kKeys, cnt = std::min<int64_t>(kKeys, L - first);
-        const BF* kpage = kp + pg[n * P + p] * block;
-        const BF* vpage = vp + pg[n * P + p] * block;
-        const bool more = (p + 1) * kKeys < L;
-        const char* nk = more ? reinterpret_cast<const char*>(kp + pg[n * P + p + 1] * block) : nullptr;
-        const char* nv = more ? reinterpret_cast<const char*>(vp + pg[n * P + p + 1] * block) : nullptr;
-        const int64_t bytes = block * static_cast<int64_t>(sizeof(BF)), share = bytes / H;
-        const __mmask16 present = static_cast<__mmask16>((1u << cnt) - 1);
-        for (int64_t h = 0; h < H; ++h) {
-          // the pool is far larger than any cache: fetch a share of the next page with each head (all of it at
-          // once filled the line-fill buffers and stalled: 0.75 vs 0.70 ms a 64 x 160 layer)
-          if (more) {
-            for (int64_t b = h * share; b < (h + 1 == H ? bytes : (h + 1) * share); b += 64) {
-              _mm_prefetch(nk + b, _MM_HINT_T0);
-              _mm_prefetch(nv + b, _MM_HINT_T0);
-            }
+        // this head's keys as bf16 pairs, transposed: kt[j * 16 + o] = pair j of key o (absent keys: zero)
+        for (int b = 0; b < pairs / 16; ++b) {
+          __m512i rows[16];
+          for (int o = 0; o < kKeys; ++o)
+            rows[o] = _mm512_maskz_loadu_epi32(o < cnt ? 0xffff : 0, kpage + (o * H + h) * D + 32 * b);
+          transpose(rows);
+          for (int j = 0; j < 16; ++j) _mm512_store_si512(kt + (16 * b + j) * kKeys, rows[j]);
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
+          float* pr = st.prob.data() + hr * kKeys;
+          if (stop <= 0) {  // this row sees none of the page: it adds nothing and keeps its scale
+            std::fill(pr, pr + kKeys, 0.f);
+            st.resc[hr] = 1.f;
+            continue;
           }
-          // this head's keys as bf16 pairs, transposed: kt[j * 16 + o] = pair j of key o (absent keys: zero)
-          for (int b = 0; b < pairs / 16; ++b) {
-            __m512i rows[16];
-            for (int o = 0; o < kKeys; ++o)
-              rows[o] = _mm512_maskz_loadu_epi32(o < cnt ? 0xffff : 0, kpage + (o * H + h) * D + 32 * b);
-            transpose(rows);
-            for (int j = 0; j < 16; ++j) _mm512_store_si512(kt + (16 * b + j) * kKeys, rows[j]);
+          const uint32_t* qr = st.qpair.data() + hr * pairs;
+          __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();  // two chains: vdpbf16ps has latency
+          for (int j = 0; j < pairs; j += 2) {
+            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_set1_epi32(static_cast<int>(qr[j])),
+                                  (__m512bh)_mm512_load_si512(kt + j * kKeys));
+            s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_set1_epi32(static_cast<int>(qr[j + 1])),
+                                  (__m512bh)_mm512_load_si512(kt + (j + 1) * kKeys));
           }
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
-            float* pr = prob.data() + hr * kKeys;
-            if (stop <= 0) {  // this row sees none of the page: it adds nothing and keeps its scale
-              std::fill(pr, pr + kKeys, 0.f);
-              resc[hr] = 1.f;
-              continue;
-            }
-            const uint32_t* qr = qpair.data() + hr * pairs;
-            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();  // two chains: vdpbf16ps has latency
-            for (int j = 0; j < pairs; j += 2) {
-              s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_set1_epi32(static_cast<int>(qr[j])),
-                                    (__m512bh)_mm512_load_si512(kt + j * kKeys));
-              s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_set1_epi32(static_cast<int>(qr[j + 1])),
-                                    (__m512bh)_mm512_load_si512(kt + (j + 1) * kKeys));
-            }
-            const __mmask16 seen = present & static_cast<__mmask16>((1u << stop) - 1);
-            const __m512 s = _mm512_mask_mov_ps(_mm512_set1_ps(ninf), seen, _mm512_mul_ps(_mm512_add_ps(s0, s1), sc));
-            const float mx = std::max(m[hr], _mm512_reduce_max_ps(s));
-            const __m512 e = _mm512_maskz_mov_ps(seen, exp(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
-            resc[hr] = std::exp(m[hr] - mx);  // exp(-inf) = 0 on the first page
-            sum[hr] = sum[hr] * resc[hr] + _mm512_reduce_add_ps(e);
-            m[hr] = mx;
-            _mm512_storeu_ps(pr, e);
+          const __mmask16 seen = present & static_cast<__mmask16>((1u << stop) - 1);
+          const __m512 s = _mm512_mask_mov_ps(_mm512_set1_ps(ninf), seen, _mm512_mul_ps(_mm512_add_ps(s0, s1), sc));
+          const float mx = std::max(st.m[hr], _mm512_reduce_max_ps(s));
+          const __m512 e = _mm512_maskz_mov_ps(seen, exp(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
+          st.resc[hr] = std::exp(st.m[hr] - mx);  // exp(-inf) = 0 on the first page
+          st.sum[hr] = st.sum[hr] * st.resc[hr] + _mm512_reduce_add_ps(e);
+          st.m[hr] = mx;
+          _mm512_storeu_ps(pr, e);
+        }
+        const BF* vhead = vpage + h * D;
+        for (int64_t rb = 0; rb < R; rb += RB) {
+          const int nr = static_cast<int>(std::min<int64_t>(RB, R - rb));
+          float* a[RB];
+          const float* w[RB];
+          for (int i = 0; i < nr; ++i) {
+            a[i] = st.acc.data() + (h * R + rb + i) * D;
+            w[i] = st.prob.data() + (h * R + rb + i) * kKeys;
           }
-          const BF* vhead = vpage + h * D;
-          for (int64_t rb = r0; rb < r1; rb += RB) {
-            const int nr = static_cast<int>(std::min<int64_t>(RB, r1 - rb));
-            float* a[RB];
-            const float* w[RB];
-            for (int i = 0; i < nr; ++i) {
-              a[i] = acc.data() + (h * R + rb + i) * D;
-              w[i] = prob.data() + (h * R + rb + i) * kKeys;
-            }
-            const float* rs = resc.data() + h * R + rb;
-            switch (nr) {  // the register block's row count is a template parameter: its accumulators stay in registers
-              case 1: accumulate_values<D, 1>(a, rs, w, vhead, H * D, cnt); break;
-              case 2: if constexpr (RB >= 2) accumulate_values<D, 2>(a, rs, w, vhead, H * D, cnt); break;
-              case 3: if constexpr (RB >= 3) accumulate_values<D, 3>(a, rs, w, vhead, H * D, cnt); break;
-              default: if constexpr (RB >= 4) accumulate_values<D, RB>(a, rs, w, vhead, H * D, cnt); break;
-            }
+          const float* rs = st.resc.data() + h * R + rb;
+          switch (nr) {  // the register block's row count is a template parameter: its accumulators stay in registers
+            case 1: accumulate_values<D, 1>(a, rs, w, vhead, H * D, cnt); break;
+            case 2: if constexpr (RB >= 2) accumulate_values<D, 2>(a, rs, w, vhead, H * D, cnt); break;
+            case 3: if constexpr (RB >= 3) accumulate_values<D, 3>(a, rs, w, vhead, H * D, cnt); break;
+            default: if constexpr (RB >= 4) accumulate_values<D, RB>(a, rs, w, vhead, H * D, cnt); break;
           }
         }
       }
-      sgagent::finish_rows(acc.data(), m.data(), sum.data(), n, H, R, r0, r1, D, op, lp);
     }
-  });
-}
+  }
+};
 
 }  // namespace sgagent::avx512
 

@@ -2,8 +2,9 @@
 //
 // The plain-torch path gathers every sequence's pages into a padded copy before SDPA: on a CPU decode step
 // that copy (written once, read once) costs about as much as the attention itself. Here each task walks its
-// sequence's page table and reads the pool where it lies (see paged_impl); bf16 pools with 16-key pages go to
-// attention_avx512.h where the CPU has AVX512-BF16.
+// sequence's page table and reads the pool where it lies (PagedGeneric); bf16 pools with 16-key pages go to
+// attention_avx512.h where the CPU has AVX512-BF16. paged_attention_grouped also takes prefixes that several
+// sequences share (radix-tree branches): each is read once for all its members' rows (paged_tasks.h).
 // Built on first use, with the other csrc/ ops, by sgagent/engine/cpu_ops.py (torch's extension loader, -march=native).
 //
 // Registered as torch.ops.sgagent_cpu.* (no Python binding module: the op library is all that is loaded).
@@ -29,8 +30,7 @@ namespace {
 
 using sgagent::widen;
 
-// q [N, H, R, D]; caches [slots, H, D]; pages [N, P]; limits [N, R]: row r of sequence n sees keys
-// 0..limits[n, r]-1 of its page sequence. out [N, H, R, D] (q's dtype), lse [N, H, R] (float32).
+// The kernel of paged_tasks.h's run_paged for any dtype, page size and head size.
 //
 // A task is a sequence (or a block of its rows), all heads together: a page of the pool is one contiguous
 // [page_size, H, D] block, so reading it whole streams memory where a per-head walk would hop between rows.
@@ -40,95 +40,122 @@ using sgagent::widen;
 constexpr int kDyn = 0, kMaxDyn = 256;
 
 template <typename T, int DT>
-void paged_impl(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& pages,
-                const at::Tensor& limits, int64_t ps, double scale, at::Tensor& out, at::Tensor& lse) {
-  const int64_t N = q.size(0), H = q.size(1), R = q.size(2), P = pages.size(1);
-  const int D = DT == kDyn ? static_cast<int>(q.size(3)) : DT;
-  const int64_t qsn = q.stride(0), qsh = q.stride(1), qsr = q.stride(2), qsd = q.stride(3);
-  const int64_t block = ps * H * D;  // elements in one page of one layer's cache
-  const T* qp = q.data_ptr<T>();
-  const T* kp = kc.data_ptr<T>();
-  const T* vp = vc.data_ptr<T>();
-  const int64_t* pg = pages.data_ptr<int64_t>();
-  const int32_t* lim = limits.data_ptr<int32_t>();
-  T* op = out.data_ptr<T>();
-  float* lp = lse.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
-  const float ninf = -std::numeric_limits<float>::infinity();
+struct PagedGeneric {
+  const T* kp;
+  const T* vp;
+  int64_t H, ps;
+  int D;
+  float scale;
 
-  const auto [chunk, blocks] = sgagent::split_rows(N, R);
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t HR = H * R;
-    std::vector<float> qf(HR * D), acc(HR * D), kf(block), vf(block), s(HR * ps), m(HR), sum(HR);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, r0 = task % blocks * chunk, r1 = std::min(R, r0 + chunk);
-      const int32_t* l = lim + n * R;
-      const int64_t L = *std::max_element(l + r0, l + r1);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t r = r0; r < r1; ++r) {
-          float* dst = qf.data() + (h * R + r) * D;
-          const T* src = qp + n * qsn + h * qsh + r * qsr;
-          for (int i = 0; i < D; ++i) dst[i] = widen(src[i * qsd]) * sc;
+  struct State {
+    int64_t rows = 0;  // per K/V head; row (h, i) is h * rows + i
+    std::vector<float> qf, acc, m, sum, kf, vf, s;
+  };
+
+  PagedGeneric(const at::Tensor& kc, const at::Tensor& vc, int64_t page_size, double sc)
+      : kp(kc.data_ptr<T>()), vp(vc.data_ptr<T>()), H(kc.size(1)), ps(page_size),
+        D(DT == kDyn ? static_cast<int>(kc.size(2)) : DT), scale(static_cast<float>(sc)) {}
+
+  void begin(State& st, int64_t rows) const {
+    const int64_t HR = H * rows, block = ps * H * D;
+    st.rows = rows;
+    st.qf.resize(HR * D);
+    st.acc.assign(HR * D, 0.f);
+    st.m.assign(HR, -std::numeric_limits<float>::infinity());
+    st.sum.assign(HR, 0.f);
+    st.kf.resize(block);
+    st.vf.resize(block);
+    st.s.resize(HR * ps);
+  }
+
+  void query(State& st, int64_t h, int64_t i, const T* src, int64_t qsd) const {
+    float* dst = st.qf.data() + (h * st.rows + i) * D;
+    for (int d = 0; d < D; ++d) dst[d] = widen(src[d * qsd]) * scale;
+  }
+
+  void resume(State& st, int64_t h, int64_t i, const float* o, float lse) const {
+    const int64_t hr = h * st.rows + i;
+    st.m[hr] = lse;
+    st.sum[hr] = 1.f;
+    std::copy(o, o + D, st.acc.data() + hr * D);
+  }
+
+  template <typename O>
+  void finish(const State& st, int64_t h, int64_t i, O* dst, float* lse) const {
+    const int64_t hr = h * st.rows + i;
+    sgagent::finish_row(st.acc.data() + hr * D, st.m[hr], st.sum[hr], D, dst, lse);
+  }
+
+  void attend(State& st, const int32_t* l, const int64_t* pg) const {
+    const int64_t R = st.rows, block = ps * H * D;
+    const int64_t L = *std::max_element(l, l + R);
+    for (int64_t p = 0; p * ps < L; ++p) {
+      const int64_t first = p * ps, cnt = std::min(ps, L - first);
+      const int64_t off = pg[p] * block;
+      if ((p + 1) * ps < L) {  // the pool is far larger than any cache: start fetching the next page now
+        const char* nk = reinterpret_cast<const char*>(kp + pg[p + 1] * block);
+        const char* nv = reinterpret_cast<const char*>(vp + pg[p + 1] * block);
+        for (int64_t b = 0; b < block * static_cast<int64_t>(sizeof(T)); b += 64) {
+          __builtin_prefetch(nk + b);
+          __builtin_prefetch(nv + b);
         }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(m.begin(), m.end(), ninf);
-      std::fill(sum.begin(), sum.end(), 0.f);
-      for (int64_t p = 0; p * ps < L; ++p) {
-        const int64_t first = p * ps, cnt = std::min(ps, L - first);
-        const int64_t off = pg[n * P + p] * block;
-        if ((p + 1) * ps < L) {  // the pool is far larger than any cache: start fetching the next page now
-          const char* nk = reinterpret_cast<const char*>(kp + pg[n * P + p + 1] * block);
-          const char* nv = reinterpret_cast<const char*>(vp + pg[n * P + p + 1] * block);
-          for (int64_t b = 0; b < block * static_cast<int64_t>(sizeof(T)); b += 64) {
-            __builtin_prefetch(nk + b);
-            __builtin_prefetch(nv + b);
-          }
-        }
-        sgagent::widen_row(kp + off, kf.data(), cnt * H * D);
-        sgagent::widen_row(vp + off, vf.data(), cnt * H * D);
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
-            if (stop <= 0) continue;
-            float* sr = s.data() + hr * ps;
-            const float* __restrict qr = qf.data() + hr * D;
-            float mx = m[hr];
-            for (int64_t o = 0; o < stop; ++o) {
-              const float* __restrict k = kf.data() + (o * H + h) * D;
-              float d = 0.f;
-#pragma omp simd reduction(+ : d)
-              for (int i = 0; i < D; ++i) d += qr[i] * k[i];
-              sr[o] = d;
-              mx = std::max(mx, d);
-            }
-            const float rescale = std::exp(m[hr] - mx);  // exp(-inf) = 0 on the first page
-            float part = 0.f;
-#pragma omp simd reduction(+ : part)
-            for (int64_t o = 0; o < stop; ++o) part += (sr[o] = sgagent::fast_exp(sr[o] - mx));
-            sum[hr] = sum[hr] * rescale + part;
-            m[hr] = mx;
-            // acc = acc * rescale + sum_o w[o] v[o]: the D-wide row stays in registers across the page
-            float a[DT == kDyn ? kMaxDyn : DT];
-            const float* __restrict prev = acc.data() + hr * D;
-#pragma omp simd
-            for (int i = 0; i < D; ++i) a[i] = prev[i] * rescale;
-            for (int64_t o = 0; o < stop; ++o) {
-              const float w = sr[o];
-              const float* __restrict v = vf.data() + (o * H + h) * D;
-#pragma omp simd
-              for (int i = 0; i < D; ++i) a[i] += w * v[i];
-            }
-            std::memcpy(acc.data() + hr * D, a, D * sizeof(float));
-          }
       }
-      sgagent::finish_rows(acc.data(), m.data(), sum.data(), n, H, R, r0, r1, D, op, lp);
+      sgagent::widen_row(kp + off, st.kf.data(), cnt * H * D);
+      sgagent::widen_row(vp + off, st.vf.data(), cnt * H * D);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
+          if (stop <= 0) continue;
+          float* sr = st.s.data() + hr * ps;
+          const float* __restrict qr = st.qf.data() + hr * D;
+          float mx = st.m[hr];
+          for (int64_t o = 0; o < stop; ++o) {
+            const float* __restrict k = st.kf.data() + (o * H + h) * D;
+            float d = 0.f;
+#pragma omp simd reduction(+ : d)
+            for (int i = 0; i < D; ++i) d += qr[i] * k[i];
+            sr[o] = d;
+            mx = std::max(mx, d);
+          }
+          const float rescale = std::exp(st.m[hr] - mx);  // exp(-inf) = 0 on the first page
+          float part = 0.f;
+#pragma omp simd reduction(+ : part)
+          for (int64_t o = 0; o < stop; ++o) part += (sr[o] = sgagent::fast_exp(sr[o] - mx));
+          st.sum[hr] = st.sum[hr] * rescale + part;
+          st.m[hr] = mx;
+          // acc = acc * rescale + sum_o w[o] v[o]: the D-wide row stays in registers across the page
+          float a[DT == kDyn ? kMaxDyn : DT];
+          const float* __restrict prev = st.acc.data() + hr * D;
+#pragma omp simd
+          for (int i = 0; i < D; ++i) a[i] = prev[i] * rescale;
+          for (int64_t o = 0; o < stop; ++o) {
+            const float w = sr[o];
+            const float* __restrict v = st.vf.data() + (o * H + h) * D;
+#pragma omp simd
+            for (int i = 0; i < D; ++i) a[i] += w * v[i];
+          }
+          std::memcpy(st.acc.data() + hr * D, a, D * sizeof(float));
+        }
     }
-  });
+  }
+};
+
+void check_pages(const at::Tensor& pages, const at::Tensor& limits, int64_t pages_in_pool, int64_t page_size,
+                 const char* what) {
+  // every index is checked before any memory is read through it (a wrong page table would read out of bounds)
+  const int64_t* pg = pages.data_ptr<int64_t>();
+  for (int64_t i = 0; i < pages.numel(); ++i)
+    TORCH_CHECK(pg[i] >= 0 && pg[i] < pages_in_pool, what, ": page ", pg[i], " is outside the pool");
+  const int32_t* lim = limits.data_ptr<int32_t>();
+  for (int64_t i = 0; i < limits.numel(); ++i)
+    TORCH_CHECK(lim[i] >= 0 && lim[i] <= pages.size(1) * page_size, what, ": limit ", lim[i],
+                " is outside its page table");
 }
 
-std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
-                                                   const at::Tensor& v_cache, const at::Tensor& pages,
-                                                   const at::Tensor& limits, int64_t page_size, double scale) {
+std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pages,
+    const at::Tensor& limits, const at::Tensor& group_pages, const at::Tensor& group_keys,
+    const at::Tensor& group_of, int64_t page_size, double scale) {
   TORCH_CHECK(q.device().is_cpu(), "paged_attention: CPU tensors only");
   TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 3 && v_cache.dim() == 3, "paged_attention: q [N,H,R,D], caches [slots,H,D]");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_attention: caches must be contiguous");
@@ -141,33 +168,61 @@ std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at
                   limits.size(0) == q.size(0) && limits.size(1) == q.size(2),
               "paged_attention: limits must be contiguous int32 [N, R]");
   TORCH_CHECK(q.size(3) <= kMaxDyn, "paged_attention: head size above ", kMaxDyn);
-  // every index is checked before any memory is read through it (a wrong page table would read out of bounds)
   const int64_t pages_in_pool = k_cache.size(0) / page_size;
-  const int64_t* pg = pages.data_ptr<int64_t>();
-  for (int64_t i = 0; i < pages.numel(); ++i)
-    TORCH_CHECK(pg[i] >= 0 && pg[i] < pages_in_pool, "paged_attention: page ", pg[i], " is outside the pool");
-  const int32_t* lim = limits.data_ptr<int32_t>();
-  for (int64_t i = 0; i < limits.numel(); ++i)
-    TORCH_CHECK(lim[i] >= 0 && lim[i] <= pages.size(1) * page_size, "paged_attention: limit ", lim[i],
-                " is outside its page table");
+  check_pages(pages, limits, pages_in_pool, page_size, "paged_attention");
+  sgagent::PrefixGroups groups;
+  if (group_keys.numel() > 0) {
+    TORCH_CHECK(group_pages.scalar_type() == at::kLong && group_pages.is_contiguous() && group_pages.dim() == 2,
+                "paged_attention: group_pages must be contiguous int64 [G, P]");
+    TORCH_CHECK(group_keys.scalar_type() == at::kInt && group_keys.is_contiguous() && group_keys.dim() == 1 &&
+                    group_keys.size(0) == group_pages.size(0),
+                "paged_attention: group_keys must be contiguous int32 [G]");
+    TORCH_CHECK(group_of.scalar_type() == at::kInt && group_of.is_contiguous() && group_of.dim() == 1 &&
+                    group_of.size(0) == q.size(0),
+                "paged_attention: group_of must be contiguous int32 [N]");
+    check_pages(group_pages, group_keys.view({-1, 1}), pages_in_pool, page_size, "paged_attention groups");
+    const int32_t* of = group_of.data_ptr<int32_t>();
+    for (int64_t n = 0; n < group_of.numel(); ++n)
+      TORCH_CHECK(of[n] >= -1 && of[n] < group_keys.size(0), "paged_attention: group ", of[n], " does not exist");
+    groups = {group_keys.size(0), group_pages.size(1), group_pages.data_ptr<int64_t>(), group_keys.data_ptr<int32_t>(),
+              of};
+  }
   auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
 #ifdef SGAGENT_AVX512_BF16_ATTENTION
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       if (page_size == sgagent::avx512::kKeys && q.size(3) == 64)
-        return sgagent::avx512::paged_bf16<64>(q, k_cache, v_cache, pages, limits, scale, out, lse);
+        return sgagent::run_paged<scalar_t>(sgagent::avx512::PagedBF16<64>(k_cache, v_cache, scale), q, pages, limits,
+                                            groups, out, lse);
       if (page_size == sgagent::avx512::kKeys && q.size(3) == 128)
-        return sgagent::avx512::paged_bf16<128>(q, k_cache, v_cache, pages, limits, scale, out, lse);
+        return sgagent::run_paged<scalar_t>(sgagent::avx512::PagedBF16<128>(k_cache, v_cache, scale), q, pages,
+                                            limits, groups, out, lse);
     }
 #endif
     switch (q.size(3)) {
-      case 64: paged_impl<scalar_t, 64>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse); break;
-      case 128: paged_impl<scalar_t, 128>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse); break;
-      default: paged_impl<scalar_t, kDyn>(q, k_cache, v_cache, pages, limits, page_size, scale, out, lse);
+      case 64:
+        sgagent::run_paged<scalar_t>(PagedGeneric<scalar_t, 64>(k_cache, v_cache, page_size, scale), q, pages, limits,
+                                     groups, out, lse);
+        break;
+      case 128:
+        sgagent::run_paged<scalar_t>(PagedGeneric<scalar_t, 128>(k_cache, v_cache, page_size, scale), q, pages,
+                                     limits, groups, out, lse);
+        break;
+      default:
+        sgagent::run_paged<scalar_t>(PagedGeneric<scalar_t, kDyn>(k_cache, v_cache, page_size, scale), q, pages,
+                                     limits, groups, out, lse);
     }
   });
   return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                                   const at::Tensor& v_cache, const at::Tensor& pages,
+                                                   const at::Tensor& limits, int64_t page_size, double scale) {
+  const auto none = at::empty({0}, pages.options());
+  return paged_attention_grouped(q, k_cache, v_cache, pages, limits, none, none.to(at::kInt), none.to(at::kInt),
+                                 page_size, scale);
 }
 
 // k_cache[slots[t]] = k[t] and v_cache[slots[t]] = v[t] for this step's tokens. k and v come straight from the
@@ -211,6 +266,9 @@ TORCH_LIBRARY(sgagent_cpu, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, int page_size, "
         "float scale) -> (Tensor, Tensor)");
   m.impl("paged_attention", c10::DispatchKey::CPU, TORCH_FN(paged_attention));
+  m.def("paged_attention_grouped(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, "
+        "Tensor group_pages, Tensor group_keys, Tensor group_of, int page_size, float scale) -> (Tensor, Tensor)");
+  m.impl("paged_attention_grouped", c10::DispatchKey::CPU, TORCH_FN(paged_attention_grouped));
   m.def("store_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor k, Tensor v) -> ()");
   m.impl("store_kv", c10::DispatchKey::CPU, TORCH_FN(store_kv));
 }

@@ -1,14 +1,23 @@
-// What the two paged-attention kernels (paged_attention.cpp, attention_avx512.h) share: how a call is split
-// into tasks, and how a task's online-softmax state becomes its output rows.
+// What the two paged-attention kernels (paged_attention.cpp, attention_avx512.h) share: how a call is split into
+// tasks, and how prefixes that several sequences share are attended once for all of them.
+//
+// A kernel is a struct with a per-thread State and five steps: begin(st, rows) for a task of `rows` query rows
+// per K/V head; query(st, h, i, src, stride) loads row i of head h; resume(st, h, i, o, lse) starts that row from
+// a partial result (o normalised, float32, and its log-sum-exp) instead of from nothing; attend(st, limits, pages)
+// runs the rows over a page table, row i seeing its first limits[i] keys; finish(st, h, i, dst, lse) writes the
+// row out. Online softmax makes resume exact: a state (max m, sum s, acc) and (lse, 1, o) stand for the same
+// exp-weighted sums, so a shared prefix's partial result continues into each member's own pages with no merge.
 
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace sgagent {
 
@@ -24,19 +33,103 @@ inline RowBlocks split_rows(int64_t N, int64_t R) {
   return {chunk, (R + chunk - 1) / chunk};
 }
 
-// out rows (n, h, r0..r1) = acc / sum, and their log-sum-exp m + log(sum); rows that saw no key give 0, -inf.
-// acc [H * R, D], m and sum [H * R] are the task's state; out [N, H, R, D], lse [N, H, R].
-template <typename T>
-inline void finish_rows(const float* acc, const float* m, const float* sum, int64_t n, int64_t H, int64_t R,
-                        int64_t r0, int64_t r1, int64_t D, T* out, float* lse) {
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t hr = h * R + r;
-      const float inv = sum[hr] > 0.f ? 1.f / sum[hr] : 0.f;
-      T* dst = out + ((n * H + h) * R + r) * D;
-      for (int64_t i = 0; i < D; ++i) dst[i] = static_cast<T>(acc[hr * D + i] * inv);
-      lse[(n * H + h) * R + r] = sum[hr] > 0.f ? m[hr] + std::log(sum[hr]) : -std::numeric_limits<float>::infinity();
+// The row's output acc / sum and its log-sum-exp m + log(sum); a row that saw no key gives 0 and -inf.
+template <typename O>
+inline void finish_row(const float* acc, float m, float sum, int64_t D, O* dst, float* lse) {
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int64_t i = 0; i < D; ++i) dst[i] = static_cast<O>(acc[i] * inv);
+  *lse = sum > 0.f ? m + std::log(sum) : -std::numeric_limits<float>::infinity();
+}
+
+// Shared prefixes of a call: group g's members attend to the first keys[g] keys of pages[g] before their own
+// pages (of the call's page table). of[n]: sequence n's group, or -1.
+struct PrefixGroups {
+  int64_t G = 0, P = 0;
+  const int64_t* pages = nullptr;
+  const int32_t* keys = nullptr;
+  const int32_t* of = nullptr;
+};
+
+// q [N, H, R, D] (type T); pages [N, P] int64; limits [N, R] int32 (keys after the group's, if any);
+// out [N, H, R, D] (T), lse [N, H, R] float32.
+template <typename T, class Kernel>
+void run_paged(const Kernel& kern, const at::Tensor& q, const at::Tensor& pages, const at::Tensor& limits,
+               const PrefixGroups& groups, at::Tensor& out, at::Tensor& lse) {
+  const int64_t N = q.size(0), H = q.size(1), R = q.size(2), D = q.size(3), P = pages.size(1);
+  const int64_t qsn = q.stride(0), qsh = q.stride(1), qsr = q.stride(2), qsd = q.stride(3);
+  const T* qp = q.data_ptr<T>();
+  const int64_t* pg = pages.data_ptr<int64_t>();
+  const int32_t* lim = limits.data_ptr<int32_t>();
+  auto row = [&](int64_t n, int64_t h, int64_t r) { return qp + n * qsn + h * qsh + r * qsr; };
+
+  // 1. each group's prefix, once for all its members' rows: a partial result per row, float32
+  std::vector<float> part_o, part_lse;
+  if (groups.G > 0) {
+    part_o.resize(N * H * R * D);
+    part_lse.resize(N * H * R);
+    std::vector<std::vector<int64_t>> members(groups.G);
+    for (int64_t n = 0; n < N; ++n)
+      if (groups.of[n] >= 0) members[groups.of[n]].push_back(n);
+    int64_t total = 0;
+    for (const auto& m : members) total += static_cast<int64_t>(m.size()) * R;
+    // a task re-reads its group's pages, so blocks are only as many as keep every thread busy
+    const int64_t chunk = std::max<int64_t>(1, (total + at::get_num_threads() - 1) / at::get_num_threads());
+    struct Task {
+      int64_t g, first, rows;  // rows first.. of the group's member-major (member, r) numbering
+    };
+    std::vector<Task> tasks;
+    for (int64_t g = 0; g < groups.G; ++g) {
+      const int64_t rows = static_cast<int64_t>(members[g].size()) * R;
+      const int64_t nb = std::max<int64_t>(1, (rows + chunk - 1) / chunk), per = (rows + nb - 1) / nb;
+      for (int64_t b = 0; b * per < rows; ++b) tasks.push_back({g, b * per, std::min(per, rows - b * per)});
     }
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+      typename Kernel::State st;
+      std::vector<int32_t> seen;
+      for (int64_t t = begin; t < end; ++t) {
+        const Task& task = tasks[t];
+        const auto& mem = members[task.g];
+        kern.begin(st, task.rows);
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < task.rows; ++i) {
+            const int64_t j = task.first + i;
+            kern.query(st, h, i, row(mem[j / R], h, j % R), qsd);
+          }
+        seen.assign(task.rows, groups.keys[task.g]);
+        kern.attend(st, seen.data(), groups.pages + task.g * groups.P);
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < task.rows; ++i) {
+            const int64_t j = task.first + i, at = (mem[j / R] * H + h) * R + j % R;
+            kern.finish(st, h, i, part_o.data() + at * D, part_lse.data() + at);
+          }
+      }
+    });
+  }
+
+  // 2. every sequence's own pages, its rows resumed from their group's partial result
+  T* op = out.data_ptr<T>();
+  float* lp = lse.data_ptr<float>();
+  const auto [chunk, blocks] = split_rows(N, R);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    typename Kernel::State st;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, r0 = task % blocks * chunk, r1 = std::min(R, r0 + chunk);
+      const bool resumed = groups.G > 0 && groups.of[n] >= 0;
+      kern.begin(st, r1 - r0);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t r = r0; r < r1; ++r) {
+          kern.query(st, h, r - r0, row(n, h, r), qsd);
+          const int64_t at = (n * H + h) * R + r;
+          if (resumed) kern.resume(st, h, r - r0, part_o.data() + at * D, part_lse[at]);
+        }
+      kern.attend(st, lim + n * R + r0, pg + n * P);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t at = (n * H + h) * R + r;
+          kern.finish(st, h, r - r0, op + at * D, lp + at);
+        }
+    }
+  });
 }
 
 }  // namespace sgagent
