@@ -51,7 +51,7 @@ async def main(runs: int, small: bool) -> None:
     mats.append((model.lm_weight, model.packed))
     if small:
         mats = mats[:8] + mats[-1:]
-    for rows in (1, 16, 64) if small else (1, 4, 16, 32, 64, 128, 256, 512, 1024):
+    for rows in (1, 16, 64) if small else (1, 4, 16, 32, 64, 128, 256, 384, 512, 1024):
         # on the engine's compute thread: torch's OpenMP team is per calling thread, and a second team would
         # share the cores with the first
         b, d = compute.call(_measure, mats, ops, rows, runs)

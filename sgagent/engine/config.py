@@ -29,7 +29,7 @@ class EngineConfig:
     # reading the paged pool in place, K/V stores and a layer's element-wise work; off, or without a compiler:
     # plain torch (gather the pages then SDPA, torch's element-wise ops)
     cpu_kernels: bool = True
-    # with cpu_kernels on an AMX CPU in bf16: steps of up to 256 rows multiply by a GGUF file's Q4_1/Q8_0 matrices
+    # with cpu_kernels on an AMX CPU in bf16: steps of up to 384 rows multiply by a GGUF file's Q4_1/Q8_0 matrices
     # in their blocks (dequantized tile by tile to the same bf16 values; csrc/quant_linear.cpp), reading a third of
     # the bytes of dense bf16. Fixed at load: with_config engines share the weights as loaded
     gguf_blocks: bool = True

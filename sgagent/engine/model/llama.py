@@ -32,9 +32,9 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
 
 # Up to this many rows, a CPU step multiplies by the GGUF blocks (PackedWeight) where the model has them: there
-# reading the weights is most of the cost (all projections 1.3-1.7x faster at 1-64 rows, 1.03-1.17x at 128-256);
-# from 512 rows oneDNN's dense bf16 matmul is faster (0.8-0.9x): `python -m bench.gguf_blocks`.
-PACKED_ROWS = 256
+# reading the weights is most of the cost (all projections 1.75-2.06x faster at 1-64 rows, 1.17-1.29x at 196-320,
+# 1.05x at 384); from 448 rows oneDNN's dense bf16 matmul is faster (0.91-0.93x): `python -m bench.gguf_blocks`.
+PACKED_ROWS = 384
 
 
 def multiply(x: torch.Tensor, weight: torch.Tensor, packed: PackedWeight | None, ops, bias=None) -> torch.Tensor:
