@@ -89,8 +89,45 @@ async def test_requests_arriving_together_compute_shared_prefix_once(engine):
         # the trunk once, plus each tail and at most one partial page each
         assert s["prefill_tokens"] <= len(trunk) + tails + 8 * 16, s
         assert sum(r.usage.cached_tokens for r in rs) >= 7 * (len(trunk) // 16 * 16)
+        # in one step: the first computes the trunk, the others attend to its pages as that step fills them
+        assert s["steps"] == 2, s
     finally:
         await e.aclose()
+
+
+@pytest.mark.parametrize("failure", ["lender cancelled", "step failed"])
+async def test_pages_shared_within_a_step_survive_cancellation_and_failure(engine, failure):
+    e = engine.with_config(page_size=16, kv_cache_bytes=64 << 20)
+    off = engine.with_config(page_size=16, kv_cache_bytes=64 << 20, radix_cache=False)
+    trunk = e.tokenize(FEW_SHOT)
+    prompts = [trunk + e.tokenizer.encode(f"Q: What is {i} plus 5?\nA:", add_special_tokens=False) for i in range(3)]
+    loop, tasks, borrowed = asyncio.get_running_loop(), [], []
+    step = e.runner.step
+
+    def first_step_then(plan):
+        if not borrowed:
+            borrowed.extend(it.req.borrowed for it in plan.items)
+            if failure == "step failed":
+                raise RuntimeError("injected")
+            loop.call_soon_threadsafe(tasks[0].cancel)  # lands while the step runs
+        return step(plan)
+
+    e.runner.step = first_step_then
+    try:
+        tasks.extend(asyncio.create_task(e.generate(p, max_tokens=4, temperature=0)) for p in prompts)
+        got = await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(borrowed) == 3 and borrowed[0] == [] and all(len(b) == len(trunk) // 16 for b in borrowed[1:])
+        if failure == "step failed":
+            assert all(isinstance(r, sgagent.errors.RequestAbortedError) for r in got)
+        else:
+            assert isinstance(got[0], asyncio.CancelledError)
+            for r, p in zip(got[1:], prompts[1:]):
+                assert r.token_ids == (await off.generate(p, max_tokens=4, temperature=0)).token_ids
+        await settle(e)
+        assert_quiescent(e)
+    finally:
+        await e.aclose()
+        await off.aclose()
 
 
 async def test_thousands_of_random_requests_leave_no_leak(tiny_models):

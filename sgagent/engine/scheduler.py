@@ -28,6 +28,9 @@ class Req:
     num_computed: int = 0
     node: object = None  # radix node this request holds a lock on
     inserted: int = 0  # tokens of this request already owned by the tree
+    # pages of another request that the step it was admitted in fills with tokens both share (Scheduler._admit):
+    # not this request's to free; the tree owns them once that step is published
+    borrowed: list[int] = field(default_factory=list)
     cached_tokens: int | None = None
     skipped: int = 0
     prompt_logprobs: list[float] = field(default_factory=list)
@@ -130,9 +133,10 @@ class Scheduler:
         if self.tree is None or full * self.ps <= req.inserted:
             return
         tree_pages, node = self.tree.insert(req.tokens[: full * self.ps], req.pages[:full])
-        dups = [p for p, t in zip(req.pages[:full], tree_pages) if p != t]
+        dups = [p for p, t in zip(req.pages[:full], tree_pages) if p != t and p not in req.borrowed]
         self.pool.free(dups)
         req.pages[:full] = tree_pages
+        req.borrowed = []  # they lie before the first token of the step that filled them, so within `full`
         self.tree.lock(node)
         if req.node is not None:
             self.tree.unlock(req.node)
@@ -150,8 +154,8 @@ class Scheduler:
                     own += 1
             if req.node is not None:
                 self.tree.unlock(req.node)
-            self.pool.free(req.pages[own:])
-        req.pages, req.node, req.inserted, req.num_computed = [], None, 0, 0
+            self.pool.free([p for p in req.pages[own:] if p not in req.borrowed])
+        req.pages, req.node, req.inserted, req.num_computed, req.borrowed = [], None, 0, 0, []
 
     def _preempt(self, req: Req) -> None:
         self.running.remove(req)
@@ -209,47 +213,69 @@ class Scheduler:
         return req.tokens[: max(end, 0)]
 
     def _admit(self, plan: StepPlan, budget: int) -> None:
-        sharing = [r.tokens for r in self.running if r.num_computed < len(r.prompt_ids)]
+        ends = {id(it.req): it.seq.kv_len for it in plan.items}  # how far this step takes each planned request
+        sharing = [r for r in self.running if r.num_computed < len(r.prompt_ids)]
         for req in self._order():
             if budget <= 0 or len(self.running) >= self.cfg.max_running_requests:
                 break
-            pages, node, src, copied = [], None, 0, 0
+            pages, node, src, copied, borrowed = [], None, 0, 0, []
             if self.tree is not None:
                 key = self._match_limit(req)
                 cached = self.tree.match_len(key)
-                # a request computing the same uncached prefix right now: wait and reuse its pages
+                # a request computing the same uncached prefix: share the pages this step fills for it, or where
+                # it computes them in a later step, wait and match them then
                 k = cached + self.ps
                 head = req.tokens[:k]
-                if len(head) == k and any(t[:k] == head for t in sharing):
+                peer = next((r for r in sharing if r.tokens[:k] == head), None) if len(head) == k else None
+                if peer is not None and id(peer) not in ends:
                     continue
                 pages, node = self.tree.match(key)
+                if peer is not None:
+                    borrowed = self._borrowable(key, peer, pages, ends[id(peer)])
+                    if not borrowed:
+                        continue
                 self.tree.lock(node)
-                src, copied = self.tree.partial(node, key, len(pages) * self.ps)
+                if not borrowed:
+                    src, copied = self.tree.partial(node, key, len(pages) * self.ps)
             matched = len(pages) * self.ps
-            start = matched + copied
+            start = matched + copied + len(borrowed) * self.ps
             n = min(len(req.tokens) - start, budget)
-            need = self._pages_for(start + n) - len(pages)
+            need = self._pages_for(start + n) - len(pages) - len(borrowed)
             if not self._make_room(need):
                 if node is not None:
                     self.tree.unlock(node)
                 break
-            req.pages = pages + self.pool.alloc(need)
-            # copied tokens count as computed once the step (which copies them first) has run
-            req.node, req.inserted, req.num_computed = node, matched, matched
+            req.pages = pages + borrowed + self.pool.alloc(need)
+            # copied and borrowed tokens count as computed once the step (which copies, or fills, them) has run
+            req.node, req.inserted, req.num_computed, req.borrowed = node, matched, matched, borrowed
             if copied:
                 plan.copies.append((src, req.pages[len(pages)], copied))
             if req.cached_tokens is None:
                 req.cached_tokens = min(start, len(req.prompt_ids))
                 self.prompt_tokens += len(req.prompt_ids)
                 self.cached_tokens += req.cached_tokens
-                self.copied_tokens += max(0, req.cached_tokens - matched)
+                self.copied_tokens += min(copied, max(0, len(req.prompt_ids) - matched))
             self.waiting.remove(req)
             self.running.append(req)
             plan.add(req, n, start)
+            ends[id(req)] = start + n
             budget -= n
-            sharing.append(req.tokens)
+            sharing.append(req)
         for req in self.waiting:
             req.skipped += 1
+
+    def _borrowable(self, key: list[int], peer: Req, pages: list[int], end: int) -> list[int]:
+        """The whole pages of `peer` after the cached `pages` that this step fills (up to token `end`) with tokens
+        of `key` (a request's matchable tokens) too: the request can attend to them in the same step, since
+        each layer stores the step's K/V before any of its attention reads."""
+        n, limit = len(pages), min(end, len(key), len(peer.tokens))
+        common = n * self.ps
+        while common < limit and key[common] == peer.tokens[common]:
+            common += 1
+        last = common // self.ps
+        if last <= n or peer.pages[:n] != pages:
+            return []
+        return peer.pages[n:last]
 
     def after_step(self, plan: StepPlan) -> None:
         for item in plan.items:
