@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..batch import ForwardBatch
 from .lse import attend, mask_bias, merge
-from .prefix_groups import GROUP_OVERHEAD_TOKENS, NATIVE_GROUP_OVERHEAD_TOKENS, prefix_groups
+from .prefix_groups import GROUP_OVERHEAD_TOKENS, NATIVE_GROUP_OVERHEAD_TOKENS, NATIVE_GROUP_ROWS, prefix_groups
 
 # queries per sequence up to which it joins the padded batch (decodes are 1; jump-forward appends a few)
 SHORT_QUERIES = 16
@@ -89,30 +89,31 @@ class TorchAttention:
 
     def _prepare_short(self, meta: TorchMeta, seqs, num_seqs: int, device) -> None:
         ps = self.pool.page_size
+        nq = max(s.q_len for s in seqs)
         skip = [0] * len(seqs)  # leading pages attended through a group
         if self.share_prefixes:
-            native = self.ops is not None  # the C++ kernel attends each group's pages itself (paged_tasks.h)
-            overhead = NATIVE_GROUP_OVERHEAD_TOKENS if native else GROUP_OVERHEAD_TOKENS
-            groups = prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps, overhead)
-            for gi, g in enumerate(groups):
+            in_kernel = []  # groups the C++ kernel attends itself (paged_tasks.h); the rest go through SDPA
+            overhead = NATIVE_GROUP_OVERHEAD_TOKENS if self.ops is not None else GROUP_OVERHEAD_TOKENS
+            for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps, overhead):
                 for m in g.members:
                     skip[m] = g.pages
-                if not native:
+                if self.ops is not None and len(g.members) * self.group * nq <= NATIVE_GROUP_ROWS:
+                    in_kernel.append(g)
+                else:
                     meta.groups.append(_Group(torch.tensor(g.members, device=device),
                                               torch.tensor(seqs[g.members[0]].pages[: g.pages], device=device)))
-            if native and groups:
-                width = max(g.pages for g in groups)
+            if in_kernel:
+                width = max(g.pages for g in in_kernel)
                 meta.group_pages = torch.tensor([seqs[g.members[0]].pages[: g.pages] + [0] * (width - g.pages)
-                                                 for g in groups], dtype=torch.long)
-                meta.group_keys = torch.tensor([g.pages * ps for g in groups], dtype=torch.int32)
+                                                 for g in in_kernel], dtype=torch.long)
+                meta.group_keys = torch.tensor([g.pages * ps for g in in_kernel], dtype=torch.int32)
                 of = [-1] * len(seqs)
-                for gi, g in enumerate(groups):
+                for gi, g in enumerate(in_kernel):
                     for m in g.members:
                         of[m] = gi
                 meta.group_of = torch.tensor(of, dtype=torch.int32)
         own = [s.kv_len - skip[i] * ps for i, s in enumerate(seqs)]
         width = max(_npages(n, ps) for n in own)
-        nq = max(s.q_len for s in seqs)
         pages, rows, last_key = [], [], []
         for i, s in enumerate(seqs):
             tail = s.pages[skip[i] : skip[i] + _npages(own[i], ps)]
@@ -149,10 +150,10 @@ class TorchAttention:
         r = g * Q  # query rows per K/V head: its grouped heads at every position
         qg = q.view(B, Q, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, r, D)
         if self.ops is not None and meta.group_pages is not None:
-            out = self.ops.paged_attention_grouped(qg, kc, vc, meta.short_pages, meta.short_limits, meta.group_pages,
-                                                   meta.group_keys, meta.group_of, self.pool.page_size, self.scale)[0]
-            return out.view(B, hkv, g, Q, D).permute(0, 3, 1, 2, 4).reshape(B, Q, H, D)
-        if self.ops is not None:
+            out, lse = self.ops.paged_attention_grouped(qg, kc, vc, meta.short_pages, meta.short_limits,
+                                                        meta.group_pages, meta.group_keys, meta.group_of,
+                                                        self.pool.page_size, self.scale)
+        elif self.ops is not None:
             out, lse = self.ops.paged_attention(qg, kc, vc, meta.short_pages, meta.short_limits, self.pool.page_size,
                                                 self.scale)
         else:
