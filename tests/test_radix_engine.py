@@ -89,18 +89,38 @@ async def test_requests_arriving_together_compute_shared_prefix_once(engine):
         # the trunk once, plus each tail and at most one partial page each
         assert s["prefill_tokens"] <= len(trunk) + tails + 8 * 16, s
         assert sum(r.usage.cached_tokens for r in rs) >= 7 * (len(trunk) // 16 * 16)
-        # in one step: the first computes the trunk, the others attend to its pages as that step fills them
-        assert s["steps"] == 2, s
     finally:
         await e.aclose()
+
+
+@pytest.mark.parametrize("past_page", [3, 14])
+async def test_requests_sharing_a_prefix_join_its_step_unless_that_recomputes_too_much(engine, past_page):
+    # the trunk ends `past_page` tokens into a page that no one can share: each follower computes those again
+    # if it joins the step computing the trunk; 3 is cheap, 14 is more than its own 7-token tail
+    e = engine.with_config(page_size=16, kv_cache_bytes=64 << 20)
+    off = engine.with_config(page_size=16, kv_cache_bytes=64 << 20, radix_cache=False)
+    try:
+        trunk = e.tokenize(FEW_SHOT)[: 16 * 12 + past_page]
+        prompts = [trunk + e.tokenizer.encode(f" {i} plus {i} is?", add_special_tokens=False) for i in range(6)]
+        assert {len(p) - len(trunk) for p in prompts} == {7}
+        rs = await asyncio.gather(*(e.generate(p, max_tokens=3, temperature=0) for p in prompts))
+        # together: one step computes the trunk and every tail, one more decodes; else the trunk's step goes first
+        assert e.stats()["steps"] == (3 if past_page == 3 else 4), e.stats()
+        assert all(r.usage.cached_tokens >= 16 * 12 for r in rs[1:])
+        for r, p in zip(rs, prompts):
+            assert r.token_ids == (await off.generate(p, max_tokens=3, temperature=0)).token_ids
+        assert_quiescent(e)
+    finally:
+        await e.aclose()
+        await off.aclose()
 
 
 @pytest.mark.parametrize("failure", ["lender cancelled", "step failed"])
 async def test_pages_shared_within_a_step_survive_cancellation_and_failure(engine, failure):
     e = engine.with_config(page_size=16, kv_cache_bytes=64 << 20)
     off = engine.with_config(page_size=16, kv_cache_bytes=64 << 20, radix_cache=False)
-    trunk = e.tokenize(FEW_SHOT)
-    prompts = [trunk + e.tokenizer.encode(f"Q: What is {i} plus 5?\nA:", add_special_tokens=False) for i in range(3)]
+    trunk = e.tokenize(FEW_SHOT)[: 16 * 12 + 2]  # a few tokens into a page: the followers join the lender's step
+    prompts = [trunk + e.tokenizer.encode(f" Q: {i} plus 5?", add_special_tokens=False) for i in range(3)]
     loop, tasks, borrowed = asyncio.get_running_loop(), [], []
     step = e.runner.step
 
@@ -116,7 +136,7 @@ async def test_pages_shared_within_a_step_survive_cancellation_and_failure(engin
     try:
         tasks.extend(asyncio.create_task(e.generate(p, max_tokens=4, temperature=0)) for p in prompts)
         got = await asyncio.gather(*tasks, return_exceptions=True)
-        assert len(borrowed) == 3 and borrowed[0] == [] and all(len(b) == len(trunk) // 16 for b in borrowed[1:])
+        assert len(borrowed) == 3 and borrowed[0] == [] and all(len(b) == 12 for b in borrowed[1:])
         if failure == "step failed":
             assert all(isinstance(r, sgagent.errors.RequestAbortedError) for r in got)
         else:
