@@ -18,10 +18,11 @@ GROUP_OVERHEAD_TOKENS = 256
 # calls; its members would otherwise read the shared pages where they lie, so a group saves their memory traffic
 # and the per-page work (transposing keys, widening values), not a gather.
 NATIVE_GROUP_OVERHEAD_TOKENS = 32
-# ...up to this many query rows per K/V head in a group (members x grouped heads x queries each): the kernel's
-# per-row dot products cost more than SDPA's blocked matmuls beyond (64 decodes sharing 800 tokens, 192 rows: the
-# kernel 1.35x faster; 384 rows: SDPA 1.18x faster; 64 prompts' 15-token tails, 2880 rows: SDPA 2.4x faster)
-NATIVE_GROUP_ROWS = 256
+# ...up to this many query rows per K/V head in a group (members x grouped heads x queries each): past that the
+# kernel's per-row dot products cost more than SDPA's blocked matmuls on the gathered prefix. Decoding 64 tokens
+# on a cached prefix: 8 requests on 1,456 tokens (24 rows) 1.91 s in the kernel, 2.20 s by SDPA, 2.48 s ungrouped;
+# 32 on 776 (96 rows) 3.09 s, 2.92 s, 3.56 s; few-shot's 64 (192 rows) 1.68 s vs 1.42 s by SDPA.
+NATIVE_GROUP_ROWS = 64
 
 
 @dataclass
