@@ -62,10 +62,9 @@ struct PagedBF16 {
   int64_t H;
   float scale;
 
-  struct State {
-    int64_t rows = 0;  // per K/V head; row (h, i) is h * rows + i
+  struct State : SoftmaxRows {
     std::vector<uint32_t> qpair;  // the query as bf16 pairs
-    std::vector<float> acc, m, sum, prob, resc;
+    std::vector<float> prob, resc;
   };
 
   PagedBF16(const at::Tensor& kc, const at::Tensor& vc, double sc)
@@ -73,11 +72,8 @@ struct PagedBF16 {
 
   void begin(State& st, int64_t rows) const {
     const int64_t HR = H * rows;
-    st.rows = rows;
+    st.reset(H, rows, D);
     st.qpair.resize(HR * pairs);
-    st.acc.assign(HR * D, 0.f);
-    st.m.assign(HR, -std::numeric_limits<float>::infinity());
-    st.sum.assign(HR, 0.f);
     st.prob.resize(HR * kKeys);
     st.resc.resize(HR);
   }
@@ -86,19 +82,6 @@ struct PagedBF16 {
     uint32_t* dst = st.qpair.data() + (h * st.rows + i) * pairs;
     for (int j = 0; j < pairs; ++j)
       dst[j] = static_cast<uint32_t>(src[(2 * j) * qsd].x) | static_cast<uint32_t>(src[(2 * j + 1) * qsd].x) << 16;
-  }
-
-  void resume(State& st, int64_t h, int64_t i, const float* o, float lse) const {
-    const int64_t hr = h * st.rows + i;
-    st.m[hr] = lse;
-    st.sum[hr] = 1.f;
-    std::copy(o, o + D, st.acc.data() + hr * D);
-  }
-
-  template <typename O>
-  void finish(const State& st, int64_t h, int64_t i, O* dst, float* lse) const {
-    const int64_t hr = h * st.rows + i;
-    finish_row(st.acc.data() + hr * D, st.m[hr], st.sum[hr], D, dst, lse);
   }
 
   void attend(State& st, const int32_t* l, const int64_t* pg) const {

@@ -47,9 +47,8 @@ struct PagedGeneric {
   int D;
   float scale;
 
-  struct State {
-    int64_t rows = 0;  // per K/V head; row (h, i) is h * rows + i
-    std::vector<float> qf, acc, m, sum, kf, vf, s;
+  struct State : sgagent::SoftmaxRows {
+    std::vector<float> qf, kf, vf, s;  // the scaled query, a page's keys and values widened, a page's scores
   };
 
   PagedGeneric(const at::Tensor& kc, const at::Tensor& vc, int64_t page_size, double sc)
@@ -58,11 +57,8 @@ struct PagedGeneric {
 
   void begin(State& st, int64_t rows) const {
     const int64_t HR = H * rows, block = ps * H * D;
-    st.rows = rows;
+    st.reset(H, rows, D);
     st.qf.resize(HR * D);
-    st.acc.assign(HR * D, 0.f);
-    st.m.assign(HR, -std::numeric_limits<float>::infinity());
-    st.sum.assign(HR, 0.f);
     st.kf.resize(block);
     st.vf.resize(block);
     st.s.resize(HR * ps);
@@ -71,19 +67,6 @@ struct PagedGeneric {
   void query(State& st, int64_t h, int64_t i, const T* src, int64_t qsd) const {
     float* dst = st.qf.data() + (h * st.rows + i) * D;
     for (int d = 0; d < D; ++d) dst[d] = widen(src[d * qsd]) * scale;
-  }
-
-  void resume(State& st, int64_t h, int64_t i, const float* o, float lse) const {
-    const int64_t hr = h * st.rows + i;
-    st.m[hr] = lse;
-    st.sum[hr] = 1.f;
-    std::copy(o, o + D, st.acc.data() + hr * D);
-  }
-
-  template <typename O>
-  void finish(const State& st, int64_t h, int64_t i, O* dst, float* lse) const {
-    const int64_t hr = h * st.rows + i;
-    sgagent::finish_row(st.acc.data() + hr * D, st.m[hr], st.sum[hr], D, dst, lse);
   }
 
   void attend(State& st, const int32_t* l, const int64_t* pg) const {

@@ -1,12 +1,10 @@
 // What the two paged-attention kernels (paged_attention.cpp, attention_avx512.h) share: how a call is split into
 // tasks, and how prefixes that several sequences share are attended once for all of them.
 //
-// A kernel is a struct with a per-thread State and five steps: begin(st, rows) for a task of `rows` query rows
-// per K/V head; query(st, h, i, src, stride) loads row i of head h; resume(st, h, i, o, lse) starts that row from
-// a partial result (o normalised, float32, and its log-sum-exp) instead of from nothing; attend(st, limits, pages)
-// runs the rows over a page table, row i seeing its first limits[i] keys; finish(st, h, i, dst, lse) writes the
-// row out. Online softmax makes resume exact: a state (max m, sum s, acc) and (lse, 1, o) stand for the same
-// exp-weighted sums, so a shared prefix's partial result continues into each member's own pages with no merge.
+// A kernel is a struct with a per-thread State (a SoftmaxRows and its own buffers) and three steps: begin(st, rows)
+// for a task of `rows` query rows per K/V head; query(st, h, i, src, stride) loads row i of head h;
+// attend(st, limits, pages) runs the rows over a page table, row i seeing its first limits[i] keys. Between
+// them the driver may resume a row from a partial result and at the end writes the rows out (SoftmaxRows).
 
 #pragma once
 
@@ -33,13 +31,37 @@ inline RowBlocks split_rows(int64_t N, int64_t R) {
   return {chunk, (R + chunk - 1) / chunk};
 }
 
-// The row's output acc / sum and its log-sum-exp m + log(sum); a row that saw no key gives 0 and -inf.
-template <typename O>
-inline void finish_row(const float* acc, float m, float sum, int64_t D, O* dst, float* lse) {
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
-  for (int64_t i = 0; i < D; ++i) dst[i] = static_cast<O>(acc[i] * inv);
-  *lse = sum > 0.f ? m + std::log(sum) : -std::numeric_limits<float>::infinity();
-}
+// The online-softmax state of a task's rows: per row the running max m, the sum of exp(score - m) and the
+// exp-weighted sum of values acc. resume starts a row from a partial result (o normalised, float32, and its
+// log-sum-exp): the state (lse, 1, o) stands for the same exp-weighted sums as the one that produced it, so a
+// shared prefix's result continues into each member's own pages with no merge pass.
+struct SoftmaxRows {
+  int64_t rows = 0, D = 0;  // rows per K/V head: row (h, i) is h * rows + i
+  std::vector<float> acc, m, sum;
+
+  void reset(int64_t H, int64_t n, int64_t d) {
+    rows = n, D = d;
+    acc.assign(H * n * d, 0.f);
+    m.assign(H * n, -std::numeric_limits<float>::infinity());
+    sum.assign(H * n, 0.f);
+  }
+
+  void resume(int64_t h, int64_t i, const float* o, float lse) {
+    const int64_t hr = h * rows + i;
+    m[hr] = lse;
+    sum[hr] = 1.f;
+    std::copy(o, o + D, acc.data() + hr * D);
+  }
+
+  // the row's output acc / sum and its log-sum-exp m + log(sum); a row that saw no key gives 0 and -inf
+  template <typename O>
+  void finish(int64_t h, int64_t i, O* dst, float* lse) const {
+    const int64_t hr = h * rows + i;
+    const float inv = sum[hr] > 0.f ? 1.f / sum[hr] : 0.f;
+    for (int64_t k = 0; k < D; ++k) dst[k] = static_cast<O>(acc[hr * D + k] * inv);
+    *lse = sum[hr] > 0.f ? m[hr] + std::log(sum[hr]) : -std::numeric_limits<float>::infinity();
+  }
+};
 
 // Shared prefixes of a call: group g's members attend to the first keys[g] keys of pages[g] before their own
 // pages (of the call's page table). of[n]: sequence n's group, or -1.
@@ -100,7 +122,7 @@ void run_paged(const Kernel& kern, const at::Tensor& q, const at::Tensor& pages,
         for (int64_t h = 0; h < H; ++h)
           for (int64_t i = 0; i < task.rows; ++i) {
             const int64_t j = task.first + i, at = (mem[j / R] * H + h) * R + j % R;
-            kern.finish(st, h, i, part_o.data() + at * D, part_lse.data() + at);
+            st.finish(h, i, part_o.data() + at * D, part_lse.data() + at);
           }
       }
     });
@@ -120,13 +142,13 @@ void run_paged(const Kernel& kern, const at::Tensor& q, const at::Tensor& pages,
         for (int64_t r = r0; r < r1; ++r) {
           kern.query(st, h, r - r0, row(n, h, r), qsd);
           const int64_t at = (n * H + h) * R + r;
-          if (resumed) kern.resume(st, h, r - r0, part_o.data() + at * D, part_lse[at]);
+          if (resumed) st.resume(h, r - r0, part_o.data() + at * D, part_lse[at]);
         }
       kern.attend(st, lim + n * R + r0, pg + n * P);
       for (int64_t h = 0; h < H; ++h)
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t at = (n * H + h) * R + r;
-          kern.finish(st, h, r - r0, op + at * D, lp + at);
+          st.finish(h, r - r0, op + at * D, lp + at);
         }
     }
   });
