@@ -5,9 +5,9 @@ pages skip the gather when the engine's C++ ops (cpu_ops) are built: they read t
 sequences of a step (decodes, and the few tokens a jump-forward appends) run as one padded call over each
 sequence's own pages; prefixes that several of them share through the radix tree are attended once per
 group (see prefix_groups): by the C++ kernel itself, which resumes each member's rows from the group's result,
-or for groups of many rows by SDPA on the gathered prefix, merged in by log-sum-exp. Longer extends (prefill chunks) on a cached prefix run one call
-each, since their query and key lengths differ and padding them together wastes more than it saves; fresh
-prompts (nothing cached) of one length share one causal call.
+or for groups of many rows by SDPA on the gathered prefix, merged in by log-sum-exp. Longer extends (prefill
+chunks) on a cached prefix run one call each, since their query and key lengths differ and padding them
+together wastes more than it saves; fresh prompts (nothing cached) of one length share one causal call.
 """
 
 from __future__ import annotations

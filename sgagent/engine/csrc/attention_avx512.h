@@ -54,6 +54,7 @@ inline void accumulate_values(float* const* acc, const float* rescale, const flo
 template <int D>
 struct PagedBF16 {
   using BF = c10::BFloat16;
+  using Element = BF;
   static constexpr int pairs = D / 2;
   // rows per P @ V register block: their accumulators (D / 16 registers a row) take 16 of the 32 registers
   static constexpr int RB = std::max(1, 16 / (D / 16));

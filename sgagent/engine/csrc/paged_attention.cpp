@@ -41,6 +41,7 @@ constexpr int kDyn = 0, kMaxDyn = 256;
 
 template <typename T, int DT>
 struct PagedGeneric {
+  using Element = T;
   const T* kp;
   const T* vp;
   int64_t H, ps;
@@ -135,10 +136,9 @@ void check_pages(const at::Tensor& pages, const at::Tensor& limits, int64_t page
                 " is outside its page table");
 }
 
-std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
-    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pages,
-    const at::Tensor& limits, const at::Tensor& group_pages, const at::Tensor& group_keys,
-    const at::Tensor& group_of, int64_t page_size, double scale) {
+// The checks every call needs; returns how many pages the pool holds.
+int64_t check_call(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pages,
+                   const at::Tensor& limits, int64_t page_size) {
   TORCH_CHECK(q.device().is_cpu(), "paged_attention: CPU tensors only");
   TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 3 && v_cache.dim() == 3, "paged_attention: q [N,H,R,D], caches [slots,H,D]");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_attention: caches must be contiguous");
@@ -153,6 +153,48 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
   TORCH_CHECK(q.size(3) <= kMaxDyn, "paged_attention: head size above ", kMaxDyn);
   const int64_t pages_in_pool = k_cache.size(0) / page_size;
   check_pages(pages, limits, pages_in_pool, page_size, "paged_attention");
+  return pages_in_pool;
+}
+
+// The checked call, run by the kernel this dtype, page size and head size take.
+std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                          const at::Tensor& pages, const at::Tensor& limits,
+                                          const sgagent::PrefixGroups& groups, int64_t page_size, double scale) {
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+    // the kernel's type names the element type it reads: bf16 for the AVX512 kernels, whatever was dispatched else
+    const auto run = [&](const auto& kernel) {
+      using T = typename std::decay_t<decltype(kernel)>::Element;
+      sgagent::run_paged<T>(kernel, q, pages, limits, groups, out, lse);
+    };
+#ifdef SGAGENT_AVX512_BF16_ATTENTION
+    if (std::is_same_v<scalar_t, c10::BFloat16> && page_size == sgagent::avx512::kKeys && q.size(3) == 64)
+      return run(sgagent::avx512::PagedBF16<64>(k_cache, v_cache, scale));
+    if (std::is_same_v<scalar_t, c10::BFloat16> && page_size == sgagent::avx512::kKeys && q.size(3) == 128)
+      return run(sgagent::avx512::PagedBF16<128>(k_cache, v_cache, scale));
+#endif
+    switch (q.size(3)) {
+      case 64: return run(PagedGeneric<scalar_t, 64>(k_cache, v_cache, page_size, scale));
+      case 128: return run(PagedGeneric<scalar_t, 128>(k_cache, v_cache, page_size, scale));
+      default: return run(PagedGeneric<scalar_t, kDyn>(k_cache, v_cache, page_size, scale));
+    }
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                                   const at::Tensor& v_cache, const at::Tensor& pages,
+                                                   const at::Tensor& limits, int64_t page_size, double scale) {
+  check_call(q, k_cache, v_cache, pages, limits, page_size);
+  return attend(q, k_cache, v_cache, pages, limits, sgagent::PrefixGroups{}, page_size, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pages,
+    const at::Tensor& limits, const at::Tensor& group_pages, const at::Tensor& group_keys,
+    const at::Tensor& group_of, int64_t page_size, double scale) {
+  const int64_t pages_in_pool = check_call(q, k_cache, v_cache, pages, limits, page_size);
   sgagent::PrefixGroups groups;
   if (group_keys.numel() > 0) {
     TORCH_CHECK(group_pages.scalar_type() == at::kLong && group_pages.is_contiguous() && group_pages.dim() == 2,
@@ -170,42 +212,7 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
     groups = {group_keys.size(0), group_pages.size(1), group_pages.data_ptr<int64_t>(), group_keys.data_ptr<int32_t>(),
               of};
   }
-  auto out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3)}, q.options());
-  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
-#ifdef SGAGENT_AVX512_BF16_ATTENTION
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      if (page_size == sgagent::avx512::kKeys && q.size(3) == 64)
-        return sgagent::run_paged<scalar_t>(sgagent::avx512::PagedBF16<64>(k_cache, v_cache, scale), q, pages, limits,
-                                            groups, out, lse);
-      if (page_size == sgagent::avx512::kKeys && q.size(3) == 128)
-        return sgagent::run_paged<scalar_t>(sgagent::avx512::PagedBF16<128>(k_cache, v_cache, scale), q, pages,
-                                            limits, groups, out, lse);
-    }
-#endif
-    switch (q.size(3)) {
-      case 64:
-        sgagent::run_paged<scalar_t>(PagedGeneric<scalar_t, 64>(k_cache, v_cache, page_size, scale), q, pages, limits,
-                                     groups, out, lse);
-        break;
-      case 128:
-        sgagent::run_paged<scalar_t>(PagedGeneric<scalar_t, 128>(k_cache, v_cache, page_size, scale), q, pages,
-                                     limits, groups, out, lse);
-        break;
-      default:
-        sgagent::run_paged<scalar_t>(PagedGeneric<scalar_t, kDyn>(k_cache, v_cache, page_size, scale), q, pages,
-                                     limits, groups, out, lse);
-    }
-  });
-  return {out, lse};
-}
-
-std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
-                                                   const at::Tensor& v_cache, const at::Tensor& pages,
-                                                   const at::Tensor& limits, int64_t page_size, double scale) {
-  const auto none = at::empty({0}, pages.options());
-  return paged_attention_grouped(q, k_cache, v_cache, pages, limits, none, none.to(at::kInt), none.to(at::kInt),
-                                 page_size, scale);
+  return attend(q, k_cache, v_cache, pages, limits, groups, page_size, scale);
 }
 
 // k_cache[slots[t]] = k[t] and v_cache[slots[t]] = v[t] for this step's tokens. k and v come straight from the

@@ -140,8 +140,10 @@ inline void dequant_tile_amx(const uint8_t* t, int64_t qtype, uint16_t* out) {
     const int8_t* q = reinterpret_cast<const int8_t*>(t + 32);
     for (int n = 0; n < 16; ++n) {
       const __m512 dn = _mm512_set1_ps(d[n]);
-      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * n))));
-      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * n + 16))));
+      const auto half = [&](int at) {  // 16 of the row's int8 quants as float32
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + at))));
+      };
+      const __m512 lo = half(32 * n), hi = half(32 * n + 16);
       const __m512 wl = _mm512_mul_ps(lo, dn), wh = _mm512_mul_ps(hi, dn);
       _mm512_store_si512(out + 32 * n, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(wh, wl)));
     }
