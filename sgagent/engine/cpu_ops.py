@@ -20,7 +20,7 @@ from ..log import get_logger
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / name for name in ("paged_attention.cpp", "rms_norm.cpp", "activation.cpp", "rope.cpp",
-                                    "logits.cpp", "quant_linear.cpp")]
+                                    "logits.cpp", "quant_linear.cpp", "decode_layers.cpp")]
 
 
 def _cpu_tag() -> str:

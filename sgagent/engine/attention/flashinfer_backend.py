@@ -84,6 +84,10 @@ class FlashInferAttention:
             kv_data_type=self.pool.k.dtype,
         )
 
+    def native_decode(self, meta: StepMeta) -> None:
+        """No C++ decode_layers on this backend (it runs on CUDA; that op is the CPU's)."""
+        return None
+
     def __call__(self, layer: int, q, k, v, meta: StepMeta) -> torch.Tensor:
         kc, vc = self.pool.k[layer], self.pool.v[layer]
         kc[meta.slots] = k

@@ -12,6 +12,7 @@ together wastes more than it saves; fresh prompts (nothing cached) of one length
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -137,6 +138,19 @@ class TorchAttention:
         meta.short_rows = torch.tensor(rows, dtype=torch.long, device=device)
         meta.short_valid = torch.tensor([[j < s.q_len for j in range(nq)] for s in seqs], device=device).reshape(-1)
         meta.short_all = nq == 1 and len(seqs) == num_seqs
+
+    def native_decode(self, meta: TorchMeta) -> tuple | None:
+        """The C++ decode_layers op's attention arguments for a step of decodes only that the C++ kernel attends
+        wholly (no prefix group left to SDPA), in its order from k_caches to scale; else None."""
+        if self.ops is None or not meta.short_all or meta.groups:
+            return None
+        groups = self._no_groups if meta.group_pages is None else (meta.group_pages, meta.group_keys, meta.group_of)
+        return (self.pool.k, self.pool.v, meta.slot_mapping, meta.short_pages, meta.short_limits, *groups,
+                self.pool.page_size, self.scale)
+
+    @functools.cached_property
+    def _no_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32)
 
     def _gather(self, cache: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
         """cache [slots, Hkv, D], pages [..., P] -> [..., Hkv, P * page_size, D]."""

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "cpu_common.h"
+#include "ops.h"
 
 namespace {
 
@@ -37,6 +38,10 @@ SGAGENT_WIDE_VECTORS void silu_mul_run(const T* g, const T* u, int64_t n, T* dst
 }
 
 // gate_up [T, 2I] (gate then up) -> [T, I], either row-major or transposed like its input
+}  // namespace
+
+namespace sgagent::ops {
+
 at::Tensor silu_mul(const at::Tensor& gate_up) {
   TORCH_CHECK(gate_up.device().is_cpu() && gate_up.dim() == 2 && gate_up.size(1) % 2 == 0,
               "silu_mul: gate_up must be a CPU [T, 2I] tensor");
@@ -58,9 +63,9 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   return out;
 }
 
-}  // namespace
+}  // namespace sgagent::ops
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.def("silu_mul(Tensor gate_up) -> Tensor");
-  m.impl("silu_mul", c10::DispatchKey::CPU, TORCH_FN(silu_mul));
+  m.impl("silu_mul", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::silu_mul));
 }

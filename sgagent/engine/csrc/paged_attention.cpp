@@ -24,6 +24,7 @@
 
 #include "attention_avx512.h"
 #include "cpu_common.h"
+#include "ops.h"
 #include "paged_tasks.h"
 
 namespace {
@@ -183,6 +184,10 @@ std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor&
   return {out, lse};
 }
 
+}  // namespace
+
+namespace sgagent::ops {
+
 std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                                    const at::Tensor& v_cache, const at::Tensor& pages,
                                                    const at::Tensor& limits, int64_t page_size, double scale) {
@@ -250,15 +255,15 @@ void store_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
   });
 }
 
-}  // namespace
+}  // namespace sgagent::ops
 
 TORCH_LIBRARY(sgagent_cpu, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, int page_size, "
         "float scale) -> (Tensor, Tensor)");
-  m.impl("paged_attention", c10::DispatchKey::CPU, TORCH_FN(paged_attention));
+  m.impl("paged_attention", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::paged_attention));
   m.def("paged_attention_grouped(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, "
         "Tensor group_pages, Tensor group_keys, Tensor group_of, int page_size, float scale) -> (Tensor, Tensor)");
-  m.impl("paged_attention_grouped", c10::DispatchKey::CPU, TORCH_FN(paged_attention_grouped));
+  m.impl("paged_attention_grouped", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::paged_attention_grouped));
   m.def("store_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor k, Tensor v) -> ()");
-  m.impl("store_kv", c10::DispatchKey::CPU, TORCH_FN(store_kv));
+  m.impl("store_kv", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::store_kv));
 }

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu_common.h"
+#include "ops.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(SGAGENT_AVX512_BF16)
 #define SGAGENT_AMX 1
@@ -282,6 +283,10 @@ bool fast_path() {
 #endif
 }
 
+}  // namespace
+
+namespace sgagent::ops {
+
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, int64_t qtype, int64_t N, int64_t K,
                         bool allow_fast) {
   TORCH_CHECK(qtype == kQ4_1 || qtype == kQ8_0, "quant_linear: qtype must be 3 (Q4_1) or 8 (Q8_0)");
@@ -306,11 +311,11 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, int64_t q
   return out;
 }
 
-}  // namespace
+}  // namespace sgagent::ops
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.def("quant_linear(Tensor x, Tensor packed, int qtype, int N, int K, bool allow_fast=True) -> Tensor");
-  m.impl("quant_linear", c10::DispatchKey::CPU, TORCH_FN(quant_linear));
+  m.impl("quant_linear", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::quant_linear));
   m.def("quant_linear_fast() -> bool");
   m.impl("quant_linear_fast", c10::DispatchKey::CatchAll, TORCH_FN(fast_path));
 }

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "cpu_common.h"
+#include "ops.h"
 
 namespace {
 
@@ -67,6 +68,10 @@ void rope_impl(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& s
   });
 }
 
+}  // namespace
+
+namespace sgagent::ops {
+
 // qkv [T, (H + 2 * Hkv) * D] any strides; cos, sin [T, D] in qkv's dtype (each row's position already looked up)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv(const at::Tensor& qkv, const at::Tensor& cos,
                                                         const at::Tensor& sin, int64_t H, int64_t Hkv) {
@@ -86,9 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv(const at::Tensor& qkv, c
   return {q, k, v};
 }
 
-}  // namespace
+}  // namespace sgagent::ops
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.def("rope_qkv(Tensor qkv, Tensor cos, Tensor sin, int H, int Hkv) -> (Tensor, Tensor, Tensor)");
-  m.impl("rope_qkv", c10::DispatchKey::CPU, TORCH_FN(rope_qkv));
+  m.impl("rope_qkv", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::rope_qkv));
 }
