@@ -4,8 +4,6 @@ the engine-on-dense-weights' tokens."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -156,45 +154,3 @@ async def test_engine_on_blocks_gives_the_dense_engines_tokens(bf16_pair, engine
         assert a.token_ids == b.token_ids, p
         assert a.logprobs == pytest.approx(b.logprobs, abs=0.05)
 
-
-async def test_native_decode_layers_give_the_layer_by_layer_values(bf16_pair):
-    """A CPU step of decodes runs all 30 layers in one C++ call (csrc/decode_layers.cpp): the same ops in the same
-    order as the Python loop, so the same tokens and bit-identical logprobs, with and without prefix groups."""
-    blocks, _ = bf16_pair
-    model = blocks.runner.model
-    if model.packed is None:
-        pytest.skip("no GGUF blocks on this CPU (no AMX): the op runs only on block-multiplied layers")
-    native_steps, real = [], model._native_decode
-    model._native_decode = lambda *a: native_steps.append(real(*a)) or native_steps[-1]
-    prefix = "".join(f"Q: What is {i} plus 4?\nA: {i + 4}\n\n" for i in range(30))  # a long shared prefix: groups
-    batches = [[f"{prefix}Q: What is {i} plus 4?\nA:" for i in range(31, 35)], ["def fib(n):", "Once upon a time"]]
-    results = {}
-    try:
-        for native in (True, False):
-            model.native_layers = native
-            e = blocks.with_config(kv_cache_bytes=32 << 20)
-            try:
-                results[native] = [r for b in batches for r in await asyncio.gather(
-                    *(e.generate(p, max_tokens=12, temperature=0, logprobs=True) for p in b))]
-            finally:
-                await e.aclose()
-    finally:
-        del model._native_decode
-        model.native_layers = True
-    used = [s for s in native_steps if s is not None]
-    assert used, "no step ran natively"
-    assert any(s[1][5].numel() > 0 for s in used), "no native step had a prefix group"
-    assert any(s[1][5].numel() == 0 for s in used), "every native step had a prefix group"
-    for a, b in zip(results[True], results[False]):
-        assert a.token_ids == b.token_ids
-        assert a.logprobs == b.logprobs
-
-
-def test_decode_layers_refuses_a_short_weight_list(ops):
-    x = torch.zeros(1, 64, dtype=torch.bfloat16)
-    caches = torch.zeros(1, 16, 1, 16, dtype=torch.bfloat16)
-    none = torch.zeros(0, dtype=torch.int32)
-    with pytest.raises(RuntimeError, match="4 weights"):
-        ops.decode_layers(x, x, x, x, [torch.zeros(1, dtype=torch.uint8)] * 3, [3] * 3, [x[0]] * 2, 1e-5, 4, 1, 128,
-                          caches, caches, torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
-                          torch.ones(1, 4, dtype=torch.int32), torch.zeros(0, 1, dtype=torch.long), none, none, 16, 0.25)

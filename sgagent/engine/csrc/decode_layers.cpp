@@ -1,5 +1,6 @@
 // A CPU decode step's decoder layers in one call: the same ops, in the same order, that model/llama.py calls one
-// by one (so the same values), without returning to Python between them.
+// by one (so the same values), without returning to Python between them. Any dtype the ops take; projections by
+// GGUF blocks or dense weights, with or without biases; models with q/k norms stay on the Python loop.
 //
 // Why: a decode step calls ~10 ops a layer plus the views between them; from Python each costs microseconds of
 // interpreter, binding and dispatcher work while the second core waits at the next parallel region. That was
@@ -15,22 +16,38 @@
 
 namespace {
 
-// per layer, in weights: the fused qkv, o, fused gate_up and down projections' GGUF tiles (quantized.py's
-// PackedWeight.tiles) with their ggml types in qtypes; in norms: the post-attention norm's weight, then the norm
+// per layer, in weights: the fused qkv, o, fused gate_up and down projections, each either its GGUF tiles
+// (quantized.py's PackedWeight.tiles, its ggml type in qtypes) or its dense [N, K] weight (qtype 0); in biases
+// the same four, an empty tensor where there is none; in norms: the post-attention norm's weight, then the norm
 // after the MLP (the next layer's input norm, the final norm after the last layer).
 constexpr int64_t kWeights = 4, kNorms = 2;
 
+// x @ W^T (+ bias) as model/llama.py's multiply and project compute it, so the values are the same: GGUF tiles
+// through quant_linear; dense up to small_rows rows as W @ x^T (a transposed view; mv for one row), else linear.
+at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, const at::Tensor& bias, int64_t N,
+                   int64_t K, int64_t small_rows) {
+  const bool has_bias = bias.numel() > 0;
+  if (qtype == 0 && x.size(0) > small_rows) return has_bias ? at::linear(x, w, bias) : at::linear(x, w);
+  at::Tensor y;
+  if (qtype != 0) y = sgagent::ops::quant_linear(x, w, qtype, N, K, true);
+  else if (x.size(0) == 1) y = at::mv(w, x.select(0, 0)).unsqueeze(0);
+  else y = at::mm(w, x.t()).t();
+  return has_bias ? y + bias : y;
+}
+
 std::tuple<at::Tensor, at::Tensor> decode_layers(
     const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin,
-    at::TensorList weights, at::IntArrayRef qtypes, at::TensorList norms, double eps, int64_t H, int64_t Hkv,
-    int64_t intermediate, const at::Tensor& k_caches, const at::Tensor& v_caches, const at::Tensor& slots,
-    const at::Tensor& pages, const at::Tensor& limits, const at::Tensor& group_pages, const at::Tensor& group_keys,
-    const at::Tensor& group_of, int64_t page_size, double scale) {
+    at::TensorList weights, at::IntArrayRef qtypes, at::TensorList biases, at::TensorList norms, double eps,
+    int64_t H, int64_t Hkv, int64_t intermediate, int64_t small_rows, const at::Tensor& k_caches,
+    const at::Tensor& v_caches, const at::Tensor& slots, const at::Tensor& pages, const at::Tensor& limits,
+    const at::Tensor& group_pages, const at::Tensor& group_keys, const at::Tensor& group_of, int64_t page_size,
+    double scale) {
   const int64_t L = static_cast<int64_t>(weights.size()) / kWeights;
   TORCH_CHECK(L > 0 && static_cast<int64_t>(weights.size()) == L * kWeights &&
                   static_cast<int64_t>(qtypes.size()) == L * kWeights &&
+                  static_cast<int64_t>(biases.size()) == L * kWeights &&
                   static_cast<int64_t>(norms.size()) == L * kNorms,
-              "decode_layers: 4 weights, 4 qtypes and 2 norms a layer");
+              "decode_layers: 4 weights, 4 qtypes, 4 biases and 2 norms a layer");
   TORCH_CHECK(k_caches.dim() == 4 && k_caches.size(0) == L && v_caches.sizes() == k_caches.sizes(),
               "decode_layers: caches must be [layers, slots, Hkv, D]");
   TORCH_CHECK(x_in.dim() == 2 && h_in.sizes() == x_in.sizes(), "decode_layers: x and h must be [B, hidden]");
@@ -38,10 +55,11 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
   TORCH_CHECK(H % Hkv == 0 && k_caches.size(2) == Hkv, "decode_layers: heads do not fit the caches");
   at::Tensor x = x_in, h = h_in;
   for (int64_t l = 0; l < L; ++l) {
-    const auto w = [&](int64_t i) { return weights[l * kWeights + i]; };
-    const auto qt = [&](int64_t i) { return qtypes[l * kWeights + i]; };
-    const at::Tensor qkv = sgagent::ops::quant_linear(h, w(0), qt(0), (H + 2 * Hkv) * D, hidden, true);
-    auto [q, k, v] = sgagent::ops::rope_qkv(qkv, cos, sin, H, Hkv);
+    const auto proj = [&](int64_t i, const at::Tensor& in, int64_t N, int64_t K) {
+      const int64_t at = l * kWeights + i;
+      return project(in, weights[at], qtypes[at], biases[at], N, K, small_rows);
+    };
+    auto [q, k, v] = sgagent::ops::rope_qkv(proj(0, h, (H + 2 * Hkv) * D, hidden), cos, sin, H, Hkv);
     at::Tensor kc = k_caches.select(0, l), vc = v_caches.select(0, l);
     sgagent::ops::store_kv(kc, vc, slots, k, v);
     // a decode's query heads grouped under their K/V head: [B, H, D] read as [B, Hkv, H / Hkv, D]
@@ -50,12 +68,9 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
                              ? std::get<0>(sgagent::ops::paged_attention_grouped(
                                    qg, kc, vc, pages, limits, group_pages, group_keys, group_of, page_size, scale))
                              : std::get<0>(sgagent::ops::paged_attention(qg, kc, vc, pages, limits, page_size, scale));
-    const at::Tensor a = sgagent::ops::quant_linear(o.view({B, H * D}), w(1), qt(1), hidden, H * D, true);
-    std::tie(x, h) = sgagent::ops::add_rms_norm(x, a, norms[l * kNorms], eps);
-    const at::Tensor gate_up = sgagent::ops::quant_linear(h, w(2), qt(2), 2 * intermediate, hidden, true);
-    const at::Tensor m = sgagent::ops::quant_linear(sgagent::ops::silu_mul(gate_up), w(3), qt(3), hidden,
-                                                    intermediate, true);
-    std::tie(x, h) = sgagent::ops::add_rms_norm(x, m, norms[l * kNorms + 1], eps);
+    std::tie(x, h) = sgagent::ops::add_rms_norm(x, proj(1, o.view({B, H * D}), hidden, H * D), norms[l * kNorms], eps);
+    const at::Tensor act = sgagent::ops::silu_mul(proj(2, h, 2 * intermediate, hidden));
+    std::tie(x, h) = sgagent::ops::add_rms_norm(x, proj(3, act, hidden, intermediate), norms[l * kNorms + 1], eps);
   }
   return {x, h};
 }
@@ -63,9 +78,9 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
-  m.def("decode_layers(Tensor x, Tensor h, Tensor cos, Tensor sin, Tensor[] weights, int[] qtypes, Tensor[] norms, "
-        "float eps, int H, int Hkv, int intermediate, Tensor k_caches, Tensor v_caches, Tensor slots, Tensor pages, "
-        "Tensor limits, Tensor group_pages, Tensor group_keys, Tensor group_of, int page_size, float scale) "
-        "-> (Tensor, Tensor)");
+  m.def("decode_layers(Tensor x, Tensor h, Tensor cos, Tensor sin, Tensor[] weights, int[] qtypes, Tensor[] biases, "
+        "Tensor[] norms, float eps, int H, int Hkv, int intermediate, int small_rows, Tensor k_caches, "
+        "Tensor v_caches, Tensor slots, Tensor pages, Tensor limits, Tensor group_pages, Tensor group_keys, "
+        "Tensor group_of, int page_size, float scale) -> (Tensor, Tensor)");
   m.impl("decode_layers", c10::DispatchKey::CPU, TORCH_FN(decode_layers));
 }

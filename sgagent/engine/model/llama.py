@@ -224,7 +224,8 @@ class CausalLM(nn.Module):
         """Give each projection (and the lm_head) its matrix in GGUF blocks where the file had one, fused like the
         dense weights; the dense copies stay for steps of many rows. Returns how many matrices got one."""
         blocks = _fuse(blocks, FUSED, _cat_blocks)
-        self.__dict__.pop("_blocks", None)
+        for key in [k for k in self.__dict__ if k.startswith("_operands_")]:
+            del self.__dict__[key]
         attached = 0
         targets = {f"{n}.weight": (m, m.weight) for n, m in self.named_modules() if isinstance(m, Linear)}
         targets["model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"] = (self, self.lm_weight)
@@ -255,42 +256,42 @@ class CausalLM(nn.Module):
         h = layers[0].input_layernorm(x, ops)
         native = self._native_decode(x, attn, meta, ops)
         if native is not None:
-            weights, qtypes, norms = native[0]
             cfg = self.cfg
-            return ops.decode_layers(x, h, cos, sin, weights, qtypes, norms, cfg.rms_norm_eps, cfg.num_heads,
-                                     cfg.num_kv_heads, cfg.intermediate_size, *native[1])[1]
+            return ops.decode_layers(x, h, cos, sin, *native[0], cfg.rms_norm_eps, cfg.num_heads, cfg.num_kv_heads,
+                                     cfg.intermediate_size, SMALL_ROWS, *native[1])[1]
         for i, layer in enumerate(layers):
             x, h = layer(x, h, cos, sin, attn, meta, layers[i + 1].input_layernorm if i + 1 < len(layers)
                          else self.model.norm, ops)
         return h
 
     def _native_decode(self, x: torch.Tensor, attn, meta, ops):
-        """(this model's blocks, the attention's arguments) for the C++ decode_layers op, when this step can run there:
-        CPU ops, few enough rows for the GGUF blocks, and a step the attention runs wholly in its C++ kernel; else None."""
-        if ops is None or not self.native_layers or x.dim() != 2 or x.shape[0] > PACKED_ROWS:
+        """(this model's operands, the attention's arguments) for the C++ decode_layers op, when this step can run
+        there: CPU ops, a model of the plain kind (no q/k norms) and a step the attention runs wholly in its C++
+        kernel; else None."""
+        if ops is None or not self.native_layers or x.dim() != 2 or self.cfg.qk_norm:
             return None
-        blocks = self._layer_blocks()
-        args = attn.native_decode(meta) if blocks is not None else None
-        return None if args is None else (blocks, args)
+        args = attn.native_decode(meta)
+        return None if args is None else (self._layer_operands(x.shape[0] <= PACKED_ROWS), args)
 
-    def _layer_blocks(self):
-        """Per layer the four projections' GGUF tiles and block types and the two norms after them (see
-        csrc/decode_layers.cpp), or None when a layer is not of the plain kind the op runs: every projection in
-        blocks, no biases, no q/k norms."""
-        if "_blocks" not in self.__dict__:
-            weights, qtypes, norms, layers = [], [], [], self.model.layers
+    def _layer_operands(self, blocks: bool) -> tuple[list, list, list, list]:
+        """Per layer the four projections' operands, as multiply() would pick them (GGUF tiles and their block type
+        where blocks is true and the layer has them, else the dense weight and 0), their biases (empty where
+        none), and the two norms after them (see csrc/decode_layers.cpp). Built once per kind."""
+        key = f"_operands_{blocks}"
+        if key not in self.__dict__:
+            weights, qtypes, biases, norms, layers = [], [], [], [], self.model.layers
+            none = torch.empty(0)
             for i, layer in enumerate(layers):
                 a, m = layer.self_attn, layer.mlp
-                linears = (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj)
-                if a.q_norm is not None or any(l.packed is None or l.bias is not None for l in linears):
-                    weights = None
-                    break
-                weights += [l.packed.tiles for l in linears]
-                qtypes += [l.packed.qtype for l in linears]
+                for lin in (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj):
+                    packed = lin.packed if blocks else None
+                    weights.append(lin.weight if packed is None else packed.tiles)
+                    qtypes.append(0 if packed is None else packed.qtype)
+                    biases.append(none if lin.bias is None else lin.bias)
                 nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
                 norms += [layer.post_attention_layernorm.weight, nxt.weight]
-            self.__dict__["_blocks"] = None if weights is None else (weights, qtypes, norms)
-        return self.__dict__["_blocks"]
+            self.__dict__[key] = (weights, qtypes, biases, norms)
+        return self.__dict__[key]
 
     @torch.inference_mode()
     def scores(self, hidden: torch.Tensor, ops=None) -> torch.Tensor:
