@@ -209,6 +209,7 @@ class CausalLM(nn.Module):
         self.model = Backbone(cfg)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg, cfg.max_position, hf_config)
+        self._operands: dict[bool, tuple] = {}  # _layer_operands, by whether GGUF blocks are taken
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         """Checkpoint tensors under transformers' names; q/k/v and gate/up are fused here."""
@@ -224,8 +225,7 @@ class CausalLM(nn.Module):
         """Give each projection (and the lm_head) its matrix in GGUF blocks where the file had one, fused like the
         dense weights; the dense copies stay for steps of many rows. Returns how many matrices got one."""
         blocks = _fuse(blocks, FUSED, _cat_blocks)
-        for key in [k for k in self.__dict__ if k.startswith("_operands_")]:
-            del self.__dict__[key]
+        self._operands.clear()
         attached = 0
         targets = {f"{n}.weight": (m, m.weight) for n, m in self.named_modules() if isinstance(m, Linear)}
         targets["model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight"] = (self, self.lm_weight)
@@ -277,8 +277,7 @@ class CausalLM(nn.Module):
         """Per layer the four projections' operands, as multiply() would pick them (GGUF tiles and their block type
         where blocks is true and the layer has them, else the dense weight and 0), their biases (empty where
         none), and the two norms after them (see csrc/decode_layers.cpp). Built once per kind."""
-        key = f"_operands_{blocks}"
-        if key not in self.__dict__:
+        if blocks not in self._operands:
             weights, qtypes, biases, norms, layers = [], [], [], [], self.model.layers
             none = torch.empty(0)
             for i, layer in enumerate(layers):
@@ -290,8 +289,8 @@ class CausalLM(nn.Module):
                     biases.append(none if lin.bias is None else lin.bias)
                 nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
                 norms += [layer.post_attention_layernorm.weight, nxt.weight]
-            self.__dict__[key] = (weights, qtypes, biases, norms)
-        return self.__dict__[key]
+            self._operands[blocks] = (weights, qtypes, biases, norms)
+        return self._operands[blocks]
 
     @torch.inference_mode()
     def scores(self, hidden: torch.Tensor, ops=None) -> torch.Tensor:
