@@ -1,5 +1,7 @@
 """A CPU decode step with the engine's C++ ops (paged attention, K/V stores, the layer's element-wise work,
-logits and the greedy argmax) vs plain torch (gather + SDPA, torch's element-wise ops): `cpu_kernels` on/off.
+logits and the greedy argmax) vs plain torch (gather + SDPA, torch's element-wise ops): `cpu_kernels` on/off;
+then, with the C++ ops, all layers in one C++ call (decode_layers) vs the same ops called layer by layer from
+Python (`CausalLM.native_layers` on/off).
 
 python -m bench.cpu_ops [--runs 3] [--small]
 
@@ -31,10 +33,14 @@ def decode_plan(runner, batch: int, ctx: int) -> tuple[StepPlan, list[Req]]:
     return plan, reqs
 
 
-def step_times(plans: dict, steps: int) -> dict:
+def step_times(plans: dict, steps: int, before=None) -> dict:
+    """Median seconds of runner.step(plan) for each key's (runner, plan), steps interleaved; before(key), if given,
+    runs ahead of each step untimed."""
     times = {k: [] for k in plans}
     for _ in range(steps + 2):
         for k, (runner, plan) in plans.items():
+            if before is not None:
+                before(k)
             t0 = time.perf_counter()
             runner.step(plan)
             times[k].append(time.perf_counter() - t0)
@@ -61,6 +67,16 @@ async def main(runs: int, small: bool) -> None:
         for pool, reqs in held:
             for r in reqs:
                 pool.free(r.pages)
+    model = engines[True].runner.model
+    for batch, ctx in cases:
+        plan, reqs = decode_plan(engines[True].runner, batch, ctx)
+        runner = engines[True].runner
+        t = compute.call(step_times, {True: (runner, plan), False: (runner, plan)}, 4 * runs,
+                         lambda native: setattr(model, "native_layers", native))
+        model.native_layers = True
+        report("decode_layers", batch=batch, context=ctx, one_call_ms=t[True] * 1e3, layer_loop_ms=t[False] * 1e3,
+               ratio=t[False] / t[True], dtype=str(base.runner.dtype).removeprefix("torch."), steps=4 * runs)
+        runner.pool.free([p for r in reqs for p in r.pages])
     for e in engines.values():
         await e.aclose()
     await base.aclose()
