@@ -38,7 +38,9 @@ PACKED_ROWS = 384
 
 
 def multiply(x: torch.Tensor, weight: torch.Tensor, packed: PackedWeight | None, ops, bias=None) -> torch.Tensor:
-    """x @ weight^T (+ bias): through the GGUF blocks on CPU steps of few rows when both exist, else project."""
+    """x @ weight^T (+ bias): through the GGUF blocks on CPU steps of few rows when both exist, else project.
+    csrc/decode_layers.cpp's project() makes the same choices (so a decode step's values do not depend on which
+    runs it): change the two together."""
     if packed is not None and ops is not None and x.dim() == 2 and x.shape[0] <= PACKED_ROWS:
         return packed(x, ops, bias)
     return project(x, weight, bias)
