@@ -67,10 +67,10 @@ async def main(runs: int, small: bool) -> None:
         for pool, reqs in held:
             for r in reqs:
                 pool.free(r.pages)
-    model = engines[True].runner.model
+    runner = engines[True].runner
+    model = runner.model
     for batch, ctx in cases:
-        plan, reqs = decode_plan(engines[True].runner, batch, ctx)
-        runner = engines[True].runner
+        plan, reqs = decode_plan(runner, batch, ctx)
         t = compute.call(step_times, {True: (runner, plan), False: (runner, plan)}, 4 * runs,
                          lambda native: setattr(model, "native_layers", native))
         model.native_layers = True

@@ -153,4 +153,3 @@ async def test_engine_on_blocks_gives_the_dense_engines_tokens(bf16_pair, engine
         b = await dense.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         assert a.token_ids == b.token_ids, p
         assert a.logprobs == pytest.approx(b.logprobs, abs=0.05)
-

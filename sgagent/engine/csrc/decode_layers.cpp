@@ -64,10 +64,9 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
     sgagent::ops::store_kv(kc, vc, slots, k, v);
     // a decode's query heads grouped under their K/V head: [B, H, D] read as [B, Hkv, H / Hkv, D]
     const at::Tensor qg = q.view({B, Hkv, H / Hkv, D});
-    const at::Tensor o = group_keys.numel() > 0
-                             ? std::get<0>(sgagent::ops::paged_attention_grouped(
-                                   qg, kc, vc, pages, limits, group_pages, group_keys, group_of, page_size, scale))
-                             : std::get<0>(sgagent::ops::paged_attention(qg, kc, vc, pages, limits, page_size, scale));
+    // no groups (group_keys empty) is the plain paged attention
+    const at::Tensor o = std::get<0>(sgagent::ops::paged_attention_grouped(
+        qg, kc, vc, pages, limits, group_pages, group_keys, group_of, page_size, scale));
     std::tie(x, h) = sgagent::ops::add_rms_norm(x, proj(1, o.view({B, H * D}), hidden, H * D), norms[l * kNorms], eps);
     const at::Tensor act = sgagent::ops::silu_mul(proj(2, h, 2 * intermediate, hidden));
     std::tie(x, h) = sgagent::ops::add_rms_norm(x, proj(3, act, hidden, intermediate), norms[l * kNorms + 1], eps);

@@ -14,14 +14,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv(const at::Tensor& qkv, c
                                                         const at::Tensor& sin, int64_t H, int64_t Hkv);
 void store_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots, const at::Tensor& k,
               const at::Tensor& v);
-std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
-                                                   const at::Tensor& v_cache, const at::Tensor& pages,
-                                                   const at::Tensor& limits, int64_t page_size, double scale);
 std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pages,
     const at::Tensor& limits, const at::Tensor& group_pages, const at::Tensor& group_keys,
     const at::Tensor& group_of, int64_t page_size, double scale);
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
                                                 double eps);
 at::Tensor silu_mul(const at::Tensor& gate_up);

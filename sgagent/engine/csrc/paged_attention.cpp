@@ -184,16 +184,16 @@ std::tuple<at::Tensor, at::Tensor> attend(const at::Tensor& q, const at::Tensor&
   return {out, lse};
 }
 
-}  // namespace
-
-namespace sgagent::ops {
-
 std::tuple<at::Tensor, at::Tensor> paged_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                                    const at::Tensor& v_cache, const at::Tensor& pages,
                                                    const at::Tensor& limits, int64_t page_size, double scale) {
   check_call(q, k_cache, v_cache, pages, limits, page_size);
   return attend(q, k_cache, v_cache, pages, limits, sgagent::PrefixGroups{}, page_size, scale);
 }
+
+}  // namespace
+
+namespace sgagent::ops {
 
 std::tuple<at::Tensor, at::Tensor> paged_attention_grouped(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& pages,
@@ -260,7 +260,7 @@ void store_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
 TORCH_LIBRARY(sgagent_cpu, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, int page_size, "
         "float scale) -> (Tensor, Tensor)");
-  m.impl("paged_attention", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::paged_attention));
+  m.impl("paged_attention", c10::DispatchKey::CPU, TORCH_FN(paged_attention));
   m.def("paged_attention_grouped(Tensor q, Tensor k_cache, Tensor v_cache, Tensor pages, Tensor limits, "
         "Tensor group_pages, Tensor group_keys, Tensor group_of, int page_size, float scale) -> (Tensor, Tensor)");
   m.impl("paged_attention_grouped", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::paged_attention_grouped));

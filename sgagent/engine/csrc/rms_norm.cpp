@@ -73,10 +73,6 @@ void check(const at::Tensor& x, const at::Tensor& w, const char* op) {
   TORCH_CHECK(w.is_contiguous() && w.scalar_type() == x.scalar_type(), op, ": weight must be contiguous, x's dtype");
 }
 
-}  // namespace
-
-namespace sgagent::ops {
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check(x, weight, "rms_norm");
   auto out = at::empty({x.size(0), x.size(1)}, x.options());
@@ -95,6 +91,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   });
   return out;
 }
+
+}  // namespace
+
+namespace sgagent::ops {
 
 // (x + delta, rms_norm(x + delta)): the residual stream's update and the next norm in one pass. The sum is
 // rounded to x's dtype first, as torch's add would, and the norm reads that rounded sum.
@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::T
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
-  m.impl("rms_norm", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::rms_norm));
+  m.impl("rms_norm", c10::DispatchKey::CPU, TORCH_FN(rms_norm));
   m.def("add_rms_norm(Tensor x, Tensor delta, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.impl("add_rms_norm", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::add_rms_norm));
 }
