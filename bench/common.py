@@ -58,6 +58,17 @@ async def cold_run(base, fn, **overrides) -> tuple[float, dict]:
         await e.aclose()
 
 
+def model_flops(mc, stats: dict) -> float:
+    """The floating-point work a run did, from an engine's counters: every computed token through the
+    layers' projections, every (query, key) pair through attention, every sampled token through the LM head.
+    A run's time can fall no lower than this in proportion, whatever the kernels: the ceiling of a ratio."""
+    h, hd = mc.hidden_size, mc.head_dim
+    body = mc.num_layers * (h * hd * (2 * mc.num_heads + 2 * mc.num_kv_heads) + 3 * h * mc.intermediate_size)
+    attention = mc.num_layers * 2 * mc.num_heads * hd  # QK and PV, per pair
+    return 2.0 * (stats["computed_tokens"] * body + stats["attended_pairs"] * attention
+                  + stats["decode_tokens"] * h * mc.vocab_size)
+
+
 def report(bench: str, **fields) -> None:
     """One human line and one JSON line (prefixed BENCH_JSON) per measurement."""
     human = "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())

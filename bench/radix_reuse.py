@@ -1,7 +1,9 @@
 """Issue 3: prefix reuse on vs off on few-shot, multi-turn and tree-of-thought; few-shot vs llama.cpp.
 
 multi_turn has the shape of SGLang's multi-turn benchmark (256-512-token user turns, 4-8-token replies);
-multi_turn_chatty has one-line user turns and 24-token replies.
+multi_turn_chatty has one-line user turns and 24-token replies. flop_ratio is the off/on ratio of the arithmetic
+each run did (bench.common.model_flops, from the engines' counters): reuse removes prefill work and never decode
+work, so it bounds `ratio` on any machine whose decode is no cheaper per FLOP than its prefill.
 
 python -m bench.radix_reuse [--runs 1] [--small]
 """
@@ -14,19 +16,19 @@ import time
 import sgagent
 
 from . import workloads as w
-from .common import cli, cold_run, isolated, llama_cpp, machine, report
+from .common import cli, cold_run, isolated, llama_cpp, machine, model_flops, report
 
 
 async def compare(base, name: str, fn, runs: int) -> float:
-    times = {}
-    hit = 0.0
+    times, stats = {}, {}
     for radix in (True, False):
         got = [await cold_run(base, fn, radix_cache=radix) for _ in range(runs)]
         times[radix] = statistics.median(t for t, _ in got)
-        if radix:
-            hit = got[-1][1]["cache_hit_rate"]
+        stats[radix] = got[-1][1]
+    flops = {radix: model_flops(base.model_config, s) for radix, s in stats.items()}
+    # flop_ratio: the ratio if time were the arithmetic alone; reuse removes prefill work, never decode work
     report(f"radix_{name}", on_s=times[True], off_s=times[False], ratio=times[False] / times[True],
-           hit_rate=hit, runs=runs)
+           hit_rate=stats[True]["cache_hit_rate"], flop_ratio=flops[False] / flops[True], runs=runs)
     return times[True]
 
 

@@ -33,6 +33,29 @@ async def mixed_workload(e: sgagent.Engine) -> list[list[int]]:
     return outs
 
 
+async def test_work_counters_count_what_was_computed(engine):
+    """computed_tokens / attended_pairs / decode_tokens: what the benchmarks' FLOP ceiling is built from."""
+    e = engine.with_config(page_size=16, kv_cache_bytes=64 << 20)
+    try:
+        p = e.tokenize(FEW_SHOT)
+        n = 5
+        a = await e.generate(p, max_tokens=n, temperature=0, ignore_eos=True)
+        s = e.stats()
+        # the prompt under a causal mask, then one token a step over a growing context (the last one sampled
+        # is never fed back)
+        assert s["computed_tokens"] == len(p) + n - 1
+        assert s["attended_pairs"] == len(p) * (len(p) + 1) // 2 + sum(range(len(p) + 1, len(p) + n))
+        assert s["decode_tokens"] == n
+        tail = e.tokenizer.encode(" and then", add_special_tokens=False)
+        b = await e.generate(p + a.token_ids + tail, max_tokens=1, temperature=0)
+        c, q = b.usage.cached_tokens, len(p) + n + len(tail) - b.usage.cached_tokens
+        d = e.stats()
+        assert d["computed_tokens"] - s["computed_tokens"] == q
+        assert d["attended_pairs"] - s["attended_pairs"] == q * c + q * (q + 1) // 2
+    finally:
+        await e.aclose()
+
+
 @pytest.mark.parametrize("page_size", [16, 4])
 async def test_outputs_identical_with_reuse_on_and_off(engine, page_size):
     on = engine.with_config(radix_cache=True, page_size=page_size, kv_cache_bytes=64 << 20)

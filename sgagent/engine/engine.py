@@ -87,7 +87,7 @@ class Engine(Prompting):
         self._constraints = None  # built on first constrained request
         self.counters = dict.fromkeys(
             ["requests", "finished", "aborted", "failed", "steps", "prefill_tokens", "decode_tokens",
-             "computed_tokens", "jump_forward_tokens"], 0)
+             "computed_tokens", "attended_pairs", "jump_forward_tokens"], 0)
         self.log.info("engine.ready", model=self.model_path, device=str(self.runner.device),
                       kv_pages=self.runner.pool.capacity, page_size=cfg.page_size,
                       radix=cfg.radix_cache, seconds=round(time.perf_counter() - t0, 2))
@@ -297,6 +297,8 @@ class Engine(Prompting):
             req = it.req
             c["computed_tokens"] += it.seq.q_len
             c["prefill_tokens"] += max(0, min(it.seq.kv_len, len(req.prompt_ids)) - it.seq.prefix_len)
+            # (query, key) pairs under the causal mask: the attention share of the step's work, for benchmarks
+            c["attended_pairs"] += it.seq.q_len * it.seq.prefix_len + it.seq.q_len * (it.seq.q_len + 1) // 2
             req.prompt_logprobs.extend(out.prompt_logprobs[i])
             if not it.sample:
                 if not req.finished and req.num_computed == len(req.tokens) and not req.wants_token:
