@@ -3,7 +3,7 @@
 multi_turn has the shape of SGLang's multi-turn benchmark (256-512-token user turns, 4-8-token replies);
 multi_turn_chatty has one-line user turns and 24-token replies. flop_ratio is the off/on ratio of the arithmetic
 each run did (bench.common.model_flops, from the engines' counters): reuse removes prefill work and never decode
-work, so it bounds `ratio` on any machine whose decode is no cheaper per FLOP than its prefill.
+work, so it bounds `ratio` but for the memory traffic a shared prefix saves in decode attention (RESULTS.md).
 
 python -m bench.radix_reuse [--runs 1] [--small]
 """
