@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["cpu_projection", "cpu_ops", "gguf_blocks", "engine_throughput", "batch_scaling", "radix_reuse",
+BENCHES = ["cpu_projection", "cpu_ops", "gguf_blocks", "engine_throughput", "batch_scaling", "radix_reuse", "flop_ceiling",
            "primitives_vs_generate", "constrained_decoding", "tool_agents", "serving", "suite"]
 
 
