@@ -61,7 +61,8 @@ async def cold_run(base, fn, **overrides) -> tuple[float, dict]:
 def model_flops(mc, stats: dict) -> float:
     """The floating-point work a run did, from an engine's counters: every computed token through the
     layers' projections, every (query, key) pair through attention, every sampled token through the LM head.
-    A run's time can fall no lower than this in proportion, whatever the kernels: the ceiling of a ratio."""
+    Two runs' times can differ by more than their FLOPs only where one does its work at a better rate than the
+    other: what bounds an on/off ratio (for prefix reuse, see bench/RESULTS.md)."""
     h, hd = mc.hidden_size, mc.head_dim
     body = mc.num_layers * (h * hd * (2 * mc.num_heads + 2 * mc.num_kv_heads) + 3 * h * mc.intermediate_size)
     attention = mc.num_layers * 2 * mc.num_heads * hd  # QK and PV, per pair
