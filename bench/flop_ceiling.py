@@ -21,7 +21,7 @@ async def main(runs: int, small: bool) -> None:
     base = sgagent.Engine(kv_cache_bytes=1 << 30)
     for questions, new in [(1, 8)] if small else [(1, 32), (8, 16), (8, 32), (8, 64), (8, 128)]:
         await compare(base, f"tree_of_thought_q{questions}_new{new}",
-                      lambda e: w.tree_of_thought_raw(e, questions=questions, depth=3, new=new), runs)
+                      lambda e, q=questions, n=new: w.tree_of_thought_raw(e, questions=q, depth=3, new=n), runs)
     await base.aclose()
 
 

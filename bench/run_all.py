@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["cpu_projection", "cpu_ops", "gguf_blocks", "engine_throughput", "batch_scaling", "radix_reuse", "flop_ceiling",
-           "primitives_vs_generate", "constrained_decoding", "tool_agents", "serving", "suite"]
+BENCHES = ["cpu_projection", "cpu_ops", "gguf_blocks", "engine_throughput", "batch_scaling", "radix_reuse",
+           "flop_ceiling", "primitives_vs_generate", "constrained_decoding", "tool_agents", "serving", "suite"]
 
 
 def main() -> None:
