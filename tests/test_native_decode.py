@@ -89,6 +89,6 @@ def test_decode_layers_refuses_a_short_weight_list():
     none = torch.zeros(0, dtype=torch.int32)
     with pytest.raises(RuntimeError, match="4 weights"):
         ops.decode_layers(x, x, x, x, [torch.zeros(1, dtype=torch.uint8)] * 3, [3] * 3, [none] * 3, [x[0]] * 2, 1e-5,
-                          4, 1, 128, 128, caches, caches, torch.zeros(1, dtype=torch.long),
+                          4, 1, 128, 128, 0, caches, caches, torch.zeros(1, dtype=torch.long),
                           torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 4, dtype=torch.int32),
                           torch.zeros(0, 1, dtype=torch.long), none, none, 16, 0.25)

@@ -33,6 +33,12 @@ class EngineConfig:
     # in their blocks (dequantized tile by tile to the same bf16 values; csrc/quant_linear.cpp), reading a third of
     # the bytes of dense bf16. Fixed at load: with_config engines share the weights as loaded
     gguf_blocks: bool = True
+    # batch-invariant numerics: a request's tokens (greedy, or sampled with a seed) do not depend on what else runs
+    # in its steps, on where its prompt's chunks fall, or on whether its prefix came from the radix cache. On CPU
+    # with the C++ ops: every attention row in the paged kernel, projections by one kernel at any row count
+    # (model/invariance.py). False: the fastest kernels for each step's shape (bench/RESULTS.md: the cost).
+    # Not available on CUDA nor without the C++ ops: the engine logs engine.nondeterministic and stats() says
+    deterministic: bool = True
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
     jump_forward: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...

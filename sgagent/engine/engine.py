@@ -426,6 +426,7 @@ class Engine(Prompting):
             evicted_pages=tree.evicted_pages if tree else 0,
             tree_nodes=tree.num_nodes if tree else 0,
             preemptions=s.preemptions,
+            deterministic=self.runner.deterministic,
         )
         if (compiler := self._compiler(build=False)) is not None:
             out.update(compiler.stats())

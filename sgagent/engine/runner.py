@@ -15,6 +15,7 @@ from .config import EngineConfig
 from .constrained.fsm import apply_masks
 from .cpu_ops import cpu_ops
 from .kv_pool import KVPool
+from .model.invariance import invariant_numerics
 from .model.llama import CausalLM
 from .model.source import ModelSource
 from .sampler import sample
@@ -67,8 +68,9 @@ class ModelRunner:
                 get_logger("sgagent.engine").info("engine.gguf_blocks", matrices=n)
         self.model = model
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
+        self.deterministic = self._can_be_invariant(cfg)
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
-                                 cfg.shared_prefix_attention, self.cpu_ops)
+                                 cfg.shared_prefix_attention, self.cpu_ops, self.deterministic)
         self.graphs = None
         if cfg.cuda_graphs and self.device.type == "cuda" and isinstance(self.attn, FlashInferAttention):
             from .cuda_graphs import DecodeGraphs
@@ -77,6 +79,23 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.attn, cfg.max_running_requests,
                                        -(-max_context // cfg.page_size) + 1)
             self.graphs.capture_all()
+
+    def _can_be_invariant(self, cfg: EngineConfig) -> bool:
+        """Whether this engine's steps are batch-invariant (EngineConfig.deterministic): asked for, and on the
+        path that provides it, the CPU with its C++ ops and the torch backend."""
+        if not cfg.deterministic:
+            return False
+        why = None
+        if self.device.type != "cpu":
+            why = "batch-invariant kernels exist only for the CPU path (flashinfer and cuBLAS pick their split by batch)"
+        elif self.cpu_ops is None:
+            why = "the C++ ops are off or did not build (cpu_kernels)"
+        elif cfg.attention_backend not in ("auto", "torch"):
+            why = f"attention_backend={cfg.attention_backend!r}"
+        if why:
+            get_logger("sgagent.engine").warning("engine.nondeterministic", reason=why)
+            return False
+        return True
 
     def _use_gguf_blocks(self, cfg: EngineConfig) -> bool:
         """Multiply by a GGUF's Q4_1/Q8_0 blocks on few-row steps: bf16 CPU steps where the ops have AMX."""
@@ -90,8 +109,12 @@ class ModelRunner:
             it.req.params.greedy and it.req.constraint is None and not it.req.params.logprobs
             for it in plan.items if it.sample)
 
-    @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
+        with invariant_numerics(self.deterministic):
+            return self._step(plan)
+
+    @torch.inference_mode()
+    def _step(self, plan: StepPlan) -> StepOutput:
         b = plan.batch
         if plan.copies:
             self.pool.copy_tokens(plan.copies)

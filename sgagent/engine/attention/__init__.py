@@ -10,9 +10,9 @@ FLASHINFER_HEAD_DIMS = (64, 128, 256)
 
 
 def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=torch.float32, share_prefixes=True,
-                 cpu_ops=None):
+                 cpu_ops=None, invariant=False):
     """cpu_ops: the engine's C++ ops (cpu_ops.cpu_ops()) for the torch backend, or None; the runner passes
-    them only on CPU."""
+    them only on CPU. invariant: every row through the C++ kernel (batch-invariant steps; needs cpu_ops)."""
     head_dim = pool.k.shape[-1]
     if name == "auto":
         # flashinfer's kernels take half-precision inputs only
@@ -22,7 +22,7 @@ def make_backend(name: str, pool, device: torch.device, num_heads: int, dtype=to
     if name == "torch":
         from .torch_backend import TorchAttention
 
-        return TorchAttention(pool, num_heads, share_prefixes, cpu_ops)
+        return TorchAttention(pool, num_heads, share_prefixes, cpu_ops, invariant)
     if name == "flashinfer":
         if head_dim not in FLASHINFER_HEAD_DIMS:
             raise ValueError(f"flashinfer attention needs a head size in {FLASHINFER_HEAD_DIMS}; this model's is {head_dim}")

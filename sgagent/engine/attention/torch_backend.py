@@ -8,6 +8,12 @@ group (see prefix_groups): by the C++ kernel itself, which resumes each member's
 or for groups of many rows by SDPA on the gathered prefix, merged in by log-sum-exp. Longer extends (prefill
 chunks) on a cached prefix run one call each, since their query and key lengths differ and padding them
 together wastes more than it saves; fresh prompts (nothing cached) of one length share one causal call.
+
+Batch-invariant (the engine's deterministic mode, with the C++ ops): every query row, of a decode, an extend or
+a fresh prompt, is attended by the C++ kernel, which gives a row the same value whatever the step holds: it
+walks the row's own pages in order, one page at a time, and a shared prefix's softmax state is carried into each
+member unchanged (paged_tasks.h). SDPA picks its blocking by the query and key lengths, so a prompt computed
+whole, in chunks or on a cached prefix would get other values; it is not used there.
 """
 
 from __future__ import annotations
@@ -35,6 +41,17 @@ class _Extend:
 
 
 @dataclass
+class _KernelExtend:
+    """An extend attended by the C++ kernel (batch-invariant steps): rows row.. of the step, its page table and
+    each query row's visible keys, rows ordered (grouped head, query) as the kernel takes them."""
+
+    row: int
+    q_len: int
+    pages: torch.Tensor  # [1, P]
+    limits: torch.Tensor  # [1, heads per K/V head * q_len] int32
+
+
+@dataclass
 class _Group:
     members: torch.Tensor  # positions among the step's short sequences
     pages: torch.Tensor  # the pages they share
@@ -55,6 +72,7 @@ class TorchMeta:
     group_keys: torch.Tensor | None = None
     group_of: torch.Tensor | None = None
     extends: list[_Extend] = field(default_factory=list)
+    kernel_extends: list[_KernelExtend] = field(default_factory=list)
 
 
 def _npages(tokens: int, ps: int) -> int:
@@ -62,11 +80,14 @@ def _npages(tokens: int, ps: int) -> int:
 
 
 class TorchAttention:
-    def __init__(self, pool, num_heads: int, share_prefixes: bool = True, ops=None):
+    def __init__(self, pool, num_heads: int, share_prefixes: bool = True, ops=None, invariant: bool = False):
+        if invariant and ops is None:
+            raise ValueError("batch-invariant attention needs the C++ ops (cpu_ops)")
         self.pool = pool
         self.group = num_heads // pool.k.shape[2]  # query heads per K/V head
         self.share_prefixes = share_prefixes
         self.ops = ops  # cpu_ops.cpu_ops(): short sequences' attention and K/V stores in C++; None: plain torch
+        self.invariant = invariant  # every row through the C++ kernel (see the module's docstring)
         self.scale = pool.k.shape[-1] ** -0.5
 
     def prepare(self, batch: ForwardBatch, device) -> TorchMeta:
@@ -80,6 +101,9 @@ class TorchAttention:
         if short:
             self._prepare_short(meta, short, len(batch.seqs), device)
         for s in extends:
+            if self.invariant:
+                meta.kernel_extends.append(self._kernel_extend(s, device))
+                continue
             if s.prefix_len == 0:
                 meta.extends.append(_Extend(s.row, s.q_len, None, None))
                 continue
@@ -88,6 +112,12 @@ class TorchAttention:
             mask = (torch.arange(n * ps)[None, :] <= q_pos).to(device)
             meta.extends.append(_Extend(s.row, s.q_len, torch.tensor(s.pages[:n], device=device), mask))
         return meta
+
+    def _kernel_extend(self, s, device) -> _KernelExtend:
+        n = _npages(s.kv_len, self.pool.page_size)
+        seen = torch.arange(s.prefix_len + 1, s.kv_len + 1, dtype=torch.int32)  # query j sees keys up to its own
+        return _KernelExtend(s.row, s.q_len, torch.tensor([s.pages[:n]], dtype=torch.long),
+                             seen.repeat(self.group)[None].contiguous())
 
     def _prepare_short(self, meta: TorchMeta, seqs, num_seqs: int, device) -> None:
         ps = self.pool.page_size
@@ -99,7 +129,8 @@ class TorchAttention:
             for g in prefix_groups([s.pages for s in seqs], [s.prefix_len for s in seqs], ps, overhead):
                 for m in g.members:
                     skip[m] = g.pages
-                if self.ops is not None and len(g.members) * self.group * nq <= NATIVE_GROUP_ROWS:
+                # invariant steps keep every group in the kernel: SDPA's merged result is another rounding
+                if self.ops is not None and (self.invariant or len(g.members) * self.group * nq <= NATIVE_GROUP_ROWS):
                     in_kernel.append(g)
                 else:
                     meta.groups.append(_Group(torch.tensor(g.members, device=device),
@@ -203,6 +234,13 @@ class TorchAttention:
         if meta.short_rows is not None:
             o = self._short(kc, vc, q[meta.short_rows], meta).reshape(-1, H, D)
             out[meta.short_rows.reshape(-1)[meta.short_valid]] = o[meta.short_valid]
+        for e in meta.kernel_extends:
+            qe = q[e.row : e.row + e.q_len]
+            hkv = kc.shape[1]
+            qg = qe.view(1, e.q_len, hkv, self.group, D).permute(0, 2, 3, 1, 4).reshape(1, hkv, -1, D)
+            o, _ = self.ops.paged_attention(qg, kc, vc, e.pages, e.limits, self.pool.page_size, self.scale)
+            out[e.row : e.row + e.q_len] = o.view(hkv, self.group, e.q_len, D).permute(2, 0, 1, 3).reshape(
+                e.q_len, H, D)
         fresh: dict[int, list[_Extend]] = {}  # prompts with nothing cached, by length
         for e in meta.extends:
             if e.kv_pages is None:

@@ -23,11 +23,17 @@ namespace {
 constexpr int64_t kWeights = 4, kNorms = 2;
 
 // x @ W^T (+ bias) as model/llama.py's multiply and project compute it, so the values are the same: GGUF tiles
-// through quant_linear; dense up to small_rows rows as W @ x^T (a transposed view; mv for one row), else linear.
+// through quant_linear; dense up to small_rows rows as W @ x^T (a transposed view; mv for one row), else linear,
+// over at least pad_rows rows (zero rows appended, then dropped: model/invariance.py's padded_linear).
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, const at::Tensor& bias, int64_t N,
-                   int64_t K, int64_t small_rows) {
+                   int64_t K, int64_t small_rows, int64_t pad_rows) {
   const bool has_bias = bias.numel() > 0;
-  if (qtype == 0 && x.size(0) > small_rows) return has_bias ? at::linear(x, w, bias) : at::linear(x, w);
+  if (qtype == 0 && x.size(0) > small_rows) {
+    const int64_t n = x.size(0);
+    const at::Tensor xp = n >= pad_rows ? x : at::cat({x, at::zeros({pad_rows - n, x.size(1)}, x.options())});
+    const at::Tensor y = has_bias ? at::linear(xp, w, bias) : at::linear(xp, w);
+    return n >= pad_rows ? y : y.narrow(0, 0, n);
+  }
   at::Tensor y;
   if (qtype != 0) y = sgagent::ops::quant_linear(x, w, qtype, N, K, true);
   else if (x.size(0) == 1) y = at::mv(w, x.select(0, 0)).unsqueeze(0);
@@ -38,7 +44,7 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, cons
 std::tuple<at::Tensor, at::Tensor> decode_layers(
     const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin,
     at::TensorList weights, at::IntArrayRef qtypes, at::TensorList biases, at::TensorList norms, double eps,
-    int64_t H, int64_t Hkv, int64_t intermediate, int64_t small_rows, const at::Tensor& k_caches,
+    int64_t H, int64_t Hkv, int64_t intermediate, int64_t small_rows, int64_t pad_rows, const at::Tensor& k_caches,
     const at::Tensor& v_caches, const at::Tensor& slots, const at::Tensor& pages, const at::Tensor& limits,
     const at::Tensor& group_pages, const at::Tensor& group_keys, const at::Tensor& group_of, int64_t page_size,
     double scale) {
@@ -57,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
   for (int64_t l = 0; l < L; ++l) {
     const auto proj = [&](int64_t i, const at::Tensor& in, int64_t N, int64_t K) {
       const int64_t at = l * kWeights + i;
-      return project(in, weights[at], qtypes[at], biases[at], N, K, small_rows);
+      return project(in, weights[at], qtypes[at], biases[at], N, K, small_rows, pad_rows);
     };
     auto [q, k, v] = sgagent::ops::rope_qkv(proj(0, h, (H + 2 * Hkv) * D, hidden), cos, sin, H, Hkv);
     at::Tensor kc = k_caches.select(0, l), vc = v_caches.select(0, l);
@@ -78,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.def("decode_layers(Tensor x, Tensor h, Tensor cos, Tensor sin, Tensor[] weights, int[] qtypes, Tensor[] biases, "
-        "Tensor[] norms, float eps, int H, int Hkv, int intermediate, int small_rows, Tensor k_caches, "
+        "Tensor[] norms, float eps, int H, int Hkv, int intermediate, int small_rows, int pad_rows, Tensor k_caches, "
         "Tensor v_caches, Tensor slots, Tensor pages, Tensor limits, Tensor group_pages, Tensor group_keys, "
         "Tensor group_of, int page_size, float scale) -> (Tensor, Tensor)");
   m.impl("decode_layers", c10::DispatchKey::CPU, TORCH_FN(decode_layers));

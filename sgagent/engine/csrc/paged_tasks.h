@@ -4,7 +4,7 @@
 // A kernel is a struct with a per-thread State (a SoftmaxRows and its own buffers) and three steps: begin(st, rows)
 // for a task of `rows` query rows per K/V head; query(st, h, i, src, stride) loads row i of head h;
 // attend(st, limits, pages) runs the rows over a page table, row i seeing its first limits[i] keys. Between
-// them the driver may resume a row from a partial result and at the end writes the rows out (SoftmaxRows).
+// them the driver may carry a row's state over from another task (SoftmaxRows) and at the end writes the rows out.
 
 #pragma once
 
@@ -32,9 +32,10 @@ inline RowBlocks split_rows(int64_t N, int64_t R) {
 }
 
 // The online-softmax state of a task's rows: per row the running max m, the sum of exp(score - m) and the
-// exp-weighted sum of values acc. resume starts a row from a partial result (o normalised, float32, and its
-// log-sum-exp): the state (lse, 1, o) stands for the same exp-weighted sums as the one that produced it, so a
-// shared prefix's result continues into each member's own pages with no merge pass.
+// exp-weighted sum of values acc. save and restore carry a row's state between tasks unchanged: a shared prefix's
+// state continues into each member's own pages exactly as if the member had attended to the prefix itself (the
+// same operations in the same order), so grouping never changes a row's result and a row's output depends on
+// its own keys alone, not on which other sequences share them in the step.
 struct SoftmaxRows {
   int64_t rows = 0, D = 0;  // rows per K/V head: row (h, i) is h * rows + i
   std::vector<float> acc, m, sum;
@@ -46,11 +47,19 @@ struct SoftmaxRows {
     sum.assign(H * n, 0.f);
   }
 
-  void resume(int64_t h, int64_t i, const float* o, float lse) {
+  // a row's state: acc into acc_dst (D floats), then m and sum into ms_dst[0..1]
+  void save(int64_t h, int64_t i, float* acc_dst, float* ms_dst) const {
     const int64_t hr = h * rows + i;
-    m[hr] = lse;
-    sum[hr] = 1.f;
-    std::copy(o, o + D, acc.data() + hr * D);
+    std::copy(acc.data() + hr * D, acc.data() + (hr + 1) * D, acc_dst);
+    ms_dst[0] = m[hr];
+    ms_dst[1] = sum[hr];
+  }
+
+  void restore(int64_t h, int64_t i, const float* acc_src, const float* ms_src) {
+    const int64_t hr = h * rows + i;
+    std::copy(acc_src, acc_src + D, acc.data() + hr * D);
+    m[hr] = ms_src[0];
+    sum[hr] = ms_src[1];
   }
 
   // the row's output acc / sum and its log-sum-exp m + log(sum); a row that saw no key gives 0 and -inf
@@ -84,11 +93,11 @@ void run_paged(const Kernel& kern, const at::Tensor& q, const at::Tensor& pages,
   const int32_t* lim = limits.data_ptr<int32_t>();
   auto row = [&](int64_t n, int64_t h, int64_t r) { return qp + n * qsn + h * qsh + r * qsr; };
 
-  // 1. each group's prefix, once for all its members' rows: a partial result per row, float32
-  std::vector<float> part_o, part_lse;
+  // 1. each group's prefix, once for all its members' rows: each row's softmax state after it
+  std::vector<float> part_acc, part_ms;
   if (groups.G > 0) {
-    part_o.resize(N * H * R * D);
-    part_lse.resize(N * H * R);
+    part_acc.resize(N * H * R * D);
+    part_ms.resize(N * H * R * 2);
     std::vector<std::vector<int64_t>> members(groups.G);
     for (int64_t n = 0; n < N; ++n)
       if (groups.of[n] >= 0) members[groups.of[n]].push_back(n);
@@ -122,13 +131,13 @@ void run_paged(const Kernel& kern, const at::Tensor& q, const at::Tensor& pages,
         for (int64_t h = 0; h < H; ++h)
           for (int64_t i = 0; i < task.rows; ++i) {
             const int64_t j = task.first + i, at = (mem[j / R] * H + h) * R + j % R;
-            st.finish(h, i, part_o.data() + at * D, part_lse.data() + at);
+            st.save(h, i, part_acc.data() + at * D, part_ms.data() + 2 * at);
           }
       }
     });
   }
 
-  // 2. every sequence's own pages, its rows resumed from their group's partial result
+  // 2. every sequence's own pages, its rows resumed from their group's state
   T* op = out.data_ptr<T>();
   float* lp = lse.data_ptr<float>();
   const auto [chunk, blocks] = split_rows(N, R);
@@ -142,7 +151,7 @@ void run_paged(const Kernel& kern, const at::Tensor& q, const at::Tensor& pages,
         for (int64_t r = r0; r < r1; ++r) {
           kern.query(st, h, r - r0, row(n, h, r), qsd);
           const int64_t at = (n * H + h) * R + r;
-          if (resumed) st.resume(h, r - r0, part_o.data() + at * D, part_lse[at]);
+          if (resumed) st.restore(h, r - r0, part_acc.data() + at * D, part_ms.data() + 2 * at);
         }
       kern.attend(st, lim + n * R + r0, pg + n * P);
       for (int64_t h = 0; h < H; ++h)

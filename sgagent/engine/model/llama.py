@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .invariance import PAD_ROWS, batch_invariant, padded_linear
 from .quantized import PackedWeight, QuantWeight, pack, packable
 
 # Up to this many rows, a CPU projection runs as W @ x^T: MKL's sgemm is faster that way round for the few rows
@@ -39,10 +40,14 @@ PACKED_ROWS = 384
 
 def multiply(x: torch.Tensor, weight: torch.Tensor, packed: PackedWeight | None, ops, bias=None) -> torch.Tensor:
     """x @ weight^T (+ bias): through the GGUF blocks on CPU steps of few rows when both exist, else project.
+    A batch-invariant step (invariance.py) takes the blocks at any row count, else a padded dense linear.
     csrc/decode_layers.cpp's project() makes the same choices (so a decode step's values do not depend on which
     runs it): change the two together."""
-    if packed is not None and ops is not None and x.dim() == 2 and x.shape[0] <= PACKED_ROWS:
+    invariant = batch_invariant()
+    if packed is not None and ops is not None and x.dim() == 2 and (invariant or x.shape[0] <= PACKED_ROWS):
         return packed(x, ops, bias)
+    if invariant and x.dim() == 2:
+        return padded_linear(x, weight, bias)
     return project(x, weight, bias)
 
 
@@ -259,8 +264,10 @@ class CausalLM(nn.Module):
         native = self._native_decode(x, attn, meta, ops)
         if native is not None:
             cfg = self.cfg
+            # an invariant step: no few-row dense path, dense rows padded as padded_linear pads them
+            small, pad = (0, PAD_ROWS) if batch_invariant() else (SMALL_ROWS, 0)
             return ops.decode_layers(x, h, cos, sin, *native[0], cfg.rms_norm_eps, cfg.num_heads, cfg.num_kv_heads,
-                                     cfg.intermediate_size, SMALL_ROWS, *native[1])[1]
+                                     cfg.intermediate_size, small, pad, *native[1])[1]
         for i, layer in enumerate(layers):
             x, h = layer(x, h, cos, sin, attn, meta, layers[i + 1].input_layernorm if i + 1 < len(layers)
                          else self.model.norm, ops)
@@ -273,7 +280,8 @@ class CausalLM(nn.Module):
         if ops is None or not self.native_layers or x.dim() != 2 or self.cfg.qk_norm:
             return None
         args = attn.native_decode(meta)
-        return None if args is None else (self._layer_operands(x.shape[0] <= PACKED_ROWS), args)
+        blocks = batch_invariant() or x.shape[0] <= PACKED_ROWS
+        return None if args is None else (self._layer_operands(blocks), args)
 
     def _layer_operands(self, blocks: bool) -> tuple[list, list, list, list]:
         """Per layer the four projections' operands, as multiply() would pick them (GGUF tiles and their block type
