@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "ops.h"
@@ -23,21 +24,26 @@ namespace {
 constexpr int64_t kWeights = 4, kNorms = 2;
 
 // x @ W^T (+ bias) as model/llama.py's multiply and project compute it, so the values are the same: GGUF tiles
-// through quant_linear; dense up to small_rows rows as W @ x^T (a transposed view; mv for one row), else linear,
-// over at least pad_rows rows (zero rows appended, then dropped: model/invariance.py's padded_linear).
+// through quant_linear; dense up to small_rows rows as W @ x^T (a transposed view; mv for one row), else linear.
+// pad_rows > 0 (a batch-invariant step, model/invariance.py's padded_project): dense always as W @ x^T over the
+// rows padded with zeros to a multiple of 4 and to at least pad_rows.
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, const at::Tensor& bias, int64_t N,
                    int64_t K, int64_t small_rows, int64_t pad_rows) {
   const bool has_bias = bias.numel() > 0;
-  if (qtype == 0 && x.size(0) > small_rows) {
-    const int64_t n = x.size(0);
-    const at::Tensor xp = n >= pad_rows ? x : at::cat({x, at::zeros({pad_rows - n, x.size(1)}, x.options())});
-    const at::Tensor y = has_bias ? at::linear(xp, w, bias) : at::linear(xp, w);
-    return n >= pad_rows ? y : y.narrow(0, 0, n);
-  }
   at::Tensor y;
-  if (qtype != 0) y = sgagent::ops::quant_linear(x, w, qtype, N, K, true);
-  else if (x.size(0) == 1) y = at::mv(w, x.select(0, 0)).unsqueeze(0);
-  else y = at::mm(w, x.t()).t();
+  if (qtype != 0) {
+    y = sgagent::ops::quant_linear(x, w, qtype, N, K, true);
+  } else if (pad_rows > 0) {
+    const int64_t n = x.size(0), extra = std::max(pad_rows, (n + 3) / 4 * 4) - n;
+    const at::Tensor xp = extra == 0 ? x : at::cat({x, at::zeros({extra, x.size(1)}, x.options())});
+    y = at::mm(w, xp.t()).t().narrow(0, 0, n);
+  } else if (x.size(0) > small_rows) {
+    return has_bias ? at::linear(x, w, bias) : at::linear(x, w);
+  } else if (x.size(0) == 1) {
+    y = at::mv(w, x.select(0, 0)).unsqueeze(0);
+  } else {
+    y = at::mm(w, x.t()).t();
+  }
   return has_bias ? y + bias : y;
 }
 
