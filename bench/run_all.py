@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 BENCHES = ["cpu_projection", "cpu_ops", "gguf_blocks", "engine_throughput", "batch_scaling", "radix_reuse",
-           "flop_ceiling", "primitives_vs_generate", "constrained_decoding", "tool_agents", "serving", "suite"]
+           "flop_ceiling", "determinism", "primitives_vs_generate", "constrained_decoding", "tool_agents",
+           "serving", "suite"]
 
 
 def main() -> None:
