@@ -23,6 +23,14 @@ async def engine():
     await e.aclose()
 
 
+@pytest_asyncio.fixture(scope="module")
+async def bf16():
+    """A bfloat16 engine per module (the dtype auto picks on CPUs with native bf16), with its own weights."""
+    e = sgagent.Engine(kv_cache_bytes=32 << 20, dtype="bfloat16")
+    yield e
+    await e.aclose()
+
+
 @pytest_asyncio.fixture
 async def fresh(engine):
     """An engine of its own (empty cache, own counters) on the session's weights."""

@@ -8,7 +8,6 @@ import asyncio
 import random
 
 import pytest
-import pytest_asyncio
 import torch
 
 import sgagent
@@ -23,13 +22,6 @@ WORDS = ("river stone lantern market garden engine letter window signal harbor m
          "violet summit thread canyon pocket ember").split()
 
 
-@pytest_asyncio.fixture(scope="module")
-async def bf16():
-    e = sgagent.Engine(kv_cache_bytes=32 << 20, dtype="bfloat16")
-    yield e
-    await e.aclose()
-
-
 @pytest.fixture
 def engines(request, engine, bf16):
     return {"float32": engine, "bfloat16": bf16}
@@ -41,11 +33,10 @@ ROWS = [1, 2, 3, 4, 5, 17, 64, 129, 385, 600]
 
 def _rows_alone_and_together(f, x):
     """Each row of f over the first M rows, for every M in ROWS, against the row computed alone."""
-    alone = [f(x[i : i + 1])[0] for i in range(max(ROWS))]
+    alone = torch.stack([f(x[i : i + 1])[0] for i in range(max(ROWS))])
     for m in ROWS:
-        together = f(x[:m])
-        for i in {0, m // 2, m - 1}:
-            assert torch.equal(together[i], alone[i]), (m, i)
+        differ = (f(x[:m]) != alone[:m]).any(-1).nonzero().flatten().tolist()
+        assert not differ, (m, differ[:8])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -60,6 +51,8 @@ def test_dense_projection_rows_are_batch_invariant(dtype, n, k):
     with invariant_numerics(True):
         _rows_alone_and_together(lambda t: multiply(t, w, None, None), x)
         _rows_alone_and_together(lambda t: multiply(t, w, None, None, bias), x)
+        # column-major rows, as an attention output can be: oneDNN's bf16 kernel (AVX2) reduces those otherwise
+        _rows_alone_and_together(lambda t: multiply(t, w, None, None), x.t().contiguous().t())
 
 
 @pytest.mark.parametrize("qtype", [Q4_1, Q8_0])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import pytest_asyncio
 import torch
 
 import sgagent
@@ -16,13 +15,6 @@ from sgagent.engine.cpu_ops import cpu_ops
 
 PREFIX = "".join(f"Q: What is {i} plus 4?\nA: {i + 4}\n\n" for i in range(30))  # a long shared prefix: a group
 BATCHES = [[f"{PREFIX}Q: What is {i} plus 4?\nA:" for i in range(31, 35)], ["def fib(n):", "Once upon a time"]]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def bf16():
-    e = sgagent.Engine(kv_cache_bytes=32 << 20, dtype="bfloat16")
-    yield e
-    await e.aclose()
 
 
 async def both_ways(base: sgagent.Engine, batches, max_tokens: int = 12):

@@ -48,6 +48,8 @@ def padded_project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     depend on how many rows there are. The result is a transposed view (as model.llama.project's)."""
     n = x.shape[0]
     extra = max(MIN_ROWS, -(-n // ROW_MULTIPLE) * ROW_MULTIPLE) - n
-    xp = torch.cat((x, x.new_zeros(extra, x.shape[1]))) if extra else x
+    # row-major always: oneDNN's bf16 kernel for a column-major x (an attention output's view) reduces otherwise
+    # (measured on AVX2), and only the unpadded counts would pass it through as it is
+    xp = torch.cat((x, x.new_zeros(extra, x.shape[1]))) if extra else x.contiguous()
     y = torch.mm(weight, xp.t()).t()[:n]
     return y if bias is None else y + bias
