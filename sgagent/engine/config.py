@@ -40,6 +40,12 @@ class EngineConfig:
     # Not available on CUDA nor without the C++ ops: the engine logs engine.nondeterministic and stats() says
     deterministic: bool = True
     starvation_steps: int = 64  # a request skipped this many steps is admitted first
+    # the waiting queue ordered by program: a program's next call before a newcomer's first, least attained
+    # service first (scheduler.py). False: by cached prefix, then arrival (the benchmark baseline)
+    program_scheduling: bool = True
+    # with the radix cache: a program that awaits a tool (or anything not the engine) between two calls keeps its
+    # KV pinned until its next call, its end or a TTL from its past waits; pins are soft (retention.py)
+    kv_retention: bool = True
     jump_forward: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...
     constraint_cache_bytes: int = 256 << 20  # ...this many bytes of them (serialized size)

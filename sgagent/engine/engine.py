@@ -27,6 +27,7 @@ from . import compute
 from .config import EngineConfig
 from .model.source import resolve
 from .output import OutputText
+from .programs import current_call
 from .prompts import Prompting
 from .request import GenerateResult, SamplingParams, Usage, new_request_id, split_sampling
 from .runner import ModelRunner
@@ -150,7 +151,17 @@ class Engine(Prompting):
         if constraint is not None and self.config.jump_forward:
             req.tokens.extend(constraint.start(room=params.max_tokens))
         req.handle = _Handle(self.tokenizer, params.stop, stream)
+        if (call := current_call()) is not None:
+            req.program, req.path = self.scheduler.programs.begin_call(call), call.path
         return req
+
+    def _end_call(self, req: Req, finished: bool) -> None:
+        if req.program is not None:
+            self.scheduler.programs.end_call(req.program, finished)
+
+    def end_program(self, program_id: str) -> None:
+        """A program returned, failed or was cancelled (Program.run says so): its pinned KV is released now."""
+        self.scheduler.end_program(program_id)
 
     def _submit(self, req: Req) -> None:
         self._start()
@@ -226,6 +237,7 @@ class Engine(Prompting):
             return
         req.finished = True
         self.counters["aborted"] += 1
+        self._end_call(req, False)
         self._drop_when_safe(req)
         if not req.handle.future.done():
             req.handle.future.set_exception(RequestAbortedError(f"{req.id} was cancelled"))
@@ -296,6 +308,8 @@ class Engine(Prompting):
         for i, it in enumerate(plan.items):
             req = it.req
             c["computed_tokens"] += it.seq.q_len
+            if req.program is not None:
+                req.program.service += it.seq.q_len
             c["prefill_tokens"] += max(0, min(it.seq.kv_len, len(req.prompt_ids)) - it.seq.prefix_len)
             # (query, key) pairs under the causal mask: the attention share of the step's work, for benchmarks
             c["attended_pairs"] += it.seq.q_len * it.seq.prefix_len + it.seq.q_len * (it.seq.q_len + 1) // 2
@@ -343,7 +357,8 @@ class Engine(Prompting):
         if req.finished:
             return
         req.finished = True
-        self.scheduler.drop(req)
+        self.scheduler.drop(req, retain=True)
+        self._end_call(req, True)
         self.counters["finished"] += 1
         h = req.handle
         out_ids = req.output_ids
@@ -380,6 +395,7 @@ class Engine(Prompting):
             return
         req.finished = True
         self.counters["failed"] += 1
+        self._end_call(req, False)
         self._drop_when_safe(req)
         self._resolve(req, error=error)
 
@@ -427,7 +443,10 @@ class Engine(Prompting):
             tree_nodes=tree.num_nodes if tree else 0,
             preemptions=s.preemptions,
             deterministic=self.runner.deterministic,
+            programs=len(s.programs.programs),
         )
+        if s.retention is not None:
+            out.update(s.retention.stats())
         if (compiler := self._compiler(build=False)) is not None:
             out.update(compiler.stats())
         return out

@@ -3,6 +3,11 @@
 Every request is driven the same way: the tokens of `req.tokens` past `req.num_computed` are extended
 into the KV cache (a whole prompt, a prefill chunk, one decoded token, or a jump-forward run), and when
 the last one is in, the next token is sampled. All of this state is touched only from the engine's loop.
+
+Program-aware (EngineConfig.program_scheduling): the waiting queue is ordered by program, not by request. A call
+of a program that has had a call served goes before a newcomer's first, and among those the program with the
+least attained service (in log2 levels, as Autellix's PLAS discretises it) and then the oldest goes first; the
+cached-prefix order holds within that, and a request skipped `starvation_steps` times goes first whatever it is.
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ from dataclasses import dataclass, field
 from .batch import ForwardBatch, SeqSlice
 from .config import EngineConfig
 from .kv_pool import KVPool
+from .programs import Program, ProgramTable
 from .radix import RadixTree
 from .request import SamplingParams
+from .retention import Retention
+
+# attained service is bucketed in levels of doubling size from this many tokens (PLAS's priority queues)
+SERVICE_QUANTUM = 256
 
 
 @dataclass(eq=False)
@@ -40,6 +50,8 @@ class Req:
     constraint: object = None  # a ConstraintState when the output is constrained
     finished: bool = False
     handle: object = None  # the engine's per-request output side
+    program: Program | None = None  # the program that sent it (programs.py), None for a plain request
+    path: tuple[int, ...] = ()  # its branch in that program
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)
@@ -90,11 +102,13 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, cfg: EngineConfig, pool: KVPool):
+    def __init__(self, cfg: EngineConfig, pool: KVPool, programs: ProgramTable | None = None):
         self.cfg = cfg
         self.pool = pool
         self.ps = pool.page_size
         self.tree = RadixTree(pool, self.ps) if cfg.radix_cache else None
+        self.programs = programs or ProgramTable()
+        self.retention = Retention(self.tree, self.programs) if self.tree is not None and cfg.kv_retention else None
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.preemptions = 0
@@ -109,22 +123,29 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def drop(self, req: Req) -> None:
-        """Take a request out (finished or aborted) and give back what it holds."""
+    def drop(self, req: Req, retain: bool = False) -> None:
+        """Take a request out (finished or aborted) and give back what it holds. retain: it finished and its
+        program goes on, so its path stays pinned while the program waits (retention.py)."""
         if req in self.waiting:
             self.waiting.remove(req)
         elif req in self.running:
             self.running.remove(req)
-            self._release(req)
+            self._release(req, retain)
+
+    def end_program(self, program_id: str) -> None:
+        if self.programs.end(program_id) is not None and self.retention is not None:
+            self.retention.end(program_id)
 
     # -- pages ---------------------------------------------------------------------------------
     def _pages_for(self, n_tokens: int) -> int:
         return (n_tokens + self.ps - 1) // self.ps
 
-    def _make_room(self, need: int) -> bool:
-        short = need - self.pool.num_free
-        if short > 0 and self.tree is not None:
-            self.tree.evict(short)
+    def _make_room(self, need: int, drop_pins: bool = True) -> bool:
+        """need free pages, evicting unheld cache; and dropping pins first if that is not enough and allowed."""
+        if need > self.pool.num_free and self.tree is not None:
+            if drop_pins and self.retention is not None and self.pool.num_free + self.tree.evictable_pages < need:
+                self.retention.drop_for(need)
+            self.tree.evict(need - self.pool.num_free)
         return self.pool.num_free >= need
 
     def _publish(self, req: Req) -> None:
@@ -142,11 +163,14 @@ class Scheduler:
             self.tree.unlock(req.node)
         req.node, req.inserted = node, full * self.ps
 
-    def _release(self, req: Req) -> None:
+    def _release(self, req: Req, retain: bool = False) -> None:
         if self.tree is None:
             self.pool.free(req.pages)
         else:
             self._publish(req)
+            p = req.program
+            if retain and self.retention is not None and p is not None and self.programs.programs.get(p.id) is p:
+                self.retention.hold(p, req.path, req.node)  # before the unlock below, so nothing evicts it between
             own = req.inserted // self.ps
             if req.num_computed > req.inserted:  # a computed partial last page: the tree may keep it as a tail
                 tail = req.tokens[req.inserted : req.num_computed]
@@ -178,6 +202,8 @@ class Scheduler:
     def schedule(self) -> tuple[StepPlan, list[Req]]:
         """The next step's plan, and requests that can never fit (to be failed by the caller)."""
         plan, planned, budget, unfit = StepPlan(), set(), self.cfg.max_batch_tokens, []
+        if self.retention is not None:
+            self.retention.expire()
         for req in list(self.running):
             if req not in self.running:
                 continue  # preempted for an older request in this loop
@@ -198,12 +224,26 @@ class Scheduler:
 
     def _order(self) -> list[Req]:
         window = self.waiting[:256]
-        if self.tree is None:
+        if self.tree is None and not self.cfg.program_scheduling:
             return window
         starving = [r for r in window if r.skipped >= self.cfg.starvation_steps]
         rest = [r for r in window if r.skipped < self.cfg.starvation_steps]
-        rest.sort(key=lambda r: (-self.tree.match_len(self._match_limit(r)), r.arrival))
+        rest.sort(key=self._rank)
         return starving + rest
+
+    def _rank(self, req: Req) -> tuple:
+        cached = -self.tree.match_len(self._match_limit(req)) if self.tree is not None else 0
+        if not self.cfg.program_scheduling:
+            return (cached, req.arrival)
+        p = req.program
+        if not self._continuing(req):
+            return (1, 0, 0, cached, req.arrival)
+        return (0, (p.service // SERVICE_QUANTUM).bit_length(), p.order, cached, req.arrival)
+
+    @staticmethod
+    def _continuing(req: Req) -> bool:
+        """A call of a program that has had a call served (not a newcomer's first)."""
+        return req.program is not None and req.program.calls > 0
 
     def _match_limit(self, req: Req) -> list[int]:
         # at least one token must run to give logits; prompt logprobs need their positions computed
@@ -241,10 +281,16 @@ class Scheduler:
             start = matched + copied + len(borrowed) * self.ps
             n = min(len(req.tokens) - start, budget)
             need = self._pages_for(start + n) - len(pages) - len(borrowed)
-            if not self._make_room(need):
+            # pins are dropped for running work and a program's next call, not for a newcomer's first call,
+            # unless the step would otherwise run nothing
+            drop_pins = (self._continuing(req) or req.skipped >= self.cfg.starvation_steps
+                         or not (self.running or plan))
+            if not self._make_room(need, drop_pins):
                 if node is not None:
                     self.tree.unlock(node)
-                break
+                if drop_pins or self.retention is None or not self.retention.pins:
+                    break
+                continue  # held back by pins: a program's call behind it may still go
             req.pages = pages + borrowed + self.pool.alloc(need)
             # copied and borrowed tokens count as computed once the step (which copies, or fills, them) has run
             req.node, req.inserted, req.num_computed, req.borrowed = node, matched, matched, borrowed
@@ -255,6 +301,8 @@ class Scheduler:
                 self.prompt_tokens += len(req.prompt_ids)
                 self.cached_tokens += req.cached_tokens
                 self.copied_tokens += min(copied, max(0, len(req.prompt_ids) - matched))
+            if self.retention is not None and req.program is not None:
+                self.retention.resume(req.program, req.path, start)
             self.waiting.remove(req)
             self.running.append(req)
             plan.add(req, n, start)

@@ -51,6 +51,8 @@ class Program:
             except BaseException as e:
                 log.info("program.failed", program=self.name, error=type(e).__name__)
                 raise
+            finally:
+                engine.end_program(pid)  # the KV it kept between calls goes now (engine/retention.py)
             log.debug("program.finish", program=self.name)
         return state
 

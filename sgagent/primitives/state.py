@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..engine.programs import calling
 from ..errors import SgagentError
 from ..log import get_logger
 from .chat import ChatRenderer
@@ -121,9 +122,10 @@ class ProgramState:
                   regex: str | None = None, json_schema=None, choices: list[str] | None = None, **extra):
         """Generate at the end of the prompt; the text is appended and stored under `name`."""
         prompt = self.token_ids()
-        r = await self.engine.generate(
-            prompt, max_tokens=max_tokens, stop=stop or [], temperature=temperature, top_p=top_p, top_k=top_k,
-            min_p=min_p, seed=seed, regex=regex, json_schema=json_schema, choices=choices, **extra)
+        with self._call():
+            r = await self.engine.generate(
+                prompt, max_tokens=max_tokens, stop=stop or [], temperature=temperature, top_p=top_p, top_k=top_k,
+                min_p=min_p, seed=seed, regex=regex, json_schema=json_schema, choices=choices, **extra)
         self._append_text(r.text)
         value = r.parsed if json_schema is not None else r.text
         self._set(name, value, {"request_id": r.request_id, "usage": r.usage, "finish_reason": r.finish_reason})
@@ -135,9 +137,16 @@ class ProgramState:
         """Like gen, yielding text as it is decoded; the state has the whole text once the loop ends."""
         prompt = self.token_ids()
         pieces = []
-        async for piece in self.engine.stream(prompt, **sampling):
-            pieces.append(piece)
-            yield piece
+        stream = self.engine.stream(prompt, **sampling)
+        try:
+            with self._call():  # the request is made on the first step; later steps run in the caller's context
+                piece = await anext(stream, None)
+            while piece is not None:
+                pieces.append(piece)
+                yield piece
+                piece = await anext(stream, None)
+        finally:
+            await stream.aclose()
         text = "".join(pieces)
         self._append_text(text)
         self._set(name, text, {"streamed": True})
@@ -152,7 +161,8 @@ class ProgramState:
             raise ValueError("select needs at least one choice")
         if method not in SELECT_METHODS:
             raise ValueError(f"method must be one of {SELECT_METHODS}")
-        token_lps = await self.engine.score(self.token_ids(), choices)
+        with self._call():
+            token_lps = await self.engine.score(self.token_ids(), choices)
         totals = [sum(lp) for lp in token_lps]
         scores = totals if method == "total" else [t / len(lp) for t, lp in zip(totals, token_lps)]
         best = max(range(len(choices)), key=lambda i: (scores[i], -i))
@@ -161,6 +171,10 @@ class ProgramState:
                                         "token_logprobs": token_lps})
         self.log.info("select", var=name, choice=choices[best], score=round(scores[best], 4))
         return choices[best]
+
+    def _call(self):
+        """The engine's requests made inside belong to this program and branch (engine/programs.py)."""
+        return calling(self.program_id, self.path)
 
     def fork(self, n: int) -> list["ProgramState"]:
         """n states that share everything so far; run them with sgagent.join or sgagent.gather."""

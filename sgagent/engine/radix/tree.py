@@ -6,6 +6,10 @@ a page ("tail"): nobody attends to a tail page directly, a request that shares i
 them into a page of its own (see `partial`). The same copy reuses the first tokens of a whole page whose
 later tokens differ. Nodes locked by running requests (lock_ref > 0 on the node and all its ancestors)
 are never evicted; tails are never locked; unlocked leaves go in LRU order when the pool needs room.
+
+Pins (pin_ref) are soft locks for programs that await something other than the engine (retention.py): a pinned
+path is not evicted, but the scheduler may drop a pin to make room. A node marked `done` (its program ended) is
+evicted before every other unpinned node: nobody is expected to come back for it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ _clock = itertools.count()
 
 
 class Node:
-    __slots__ = ("children", "parent", "key", "pages", "lock_ref", "last_access")
+    __slots__ = ("children", "parent", "key", "pages", "lock_ref", "pin_ref", "done", "last_access")
 
     def __init__(self, parent: "Node | None", key: list[int], pages: list[int]):
         self.children: dict[tuple, Node] = {}
@@ -28,10 +32,21 @@ class Node:
         self.key = key
         self.pages = pages
         self.lock_ref = 0
+        self.pin_ref = 0
+        self.done = False
         self.last_access = next(_clock)
 
+    def touch(self) -> None:
+        self.last_access = next(_clock)
+        self.done = False
+
+    @property
+    def held(self) -> bool:
+        return self.lock_ref > 0 or self.pin_ref > 0
+
     def __lt__(self, other: "Node") -> bool:
-        return self.last_access < other.last_access
+        # eviction order: ended programs' nodes first, then least recently used
+        return (not self.done, self.last_access) < (not other.done, other.last_access)
 
 
 class RadixTree:
@@ -42,6 +57,8 @@ class RadixTree:
         self.root.lock_ref = 1  # never evicted
         self.cached_pages = 0  # pages the tree owns
         self.locked_pages = 0  # of those, pages on a locked path
+        self.pinned_pages = 0  # pages on a pinned path
+        self.held_pages = 0  # pages on a locked or pinned path: not evictable
         self.evicted_pages = 0
         self.num_nodes = 0
 
@@ -80,7 +97,7 @@ class RadixTree:
             n = self._common_pages(child.key, tokens, i)
             if n * self.ps < len(child.key):
                 child = self._split(child, n)
-            child.last_access = next(_clock)
+            child.touch()
             pages.extend(child.pages)
             i += n * self.ps
             node = child
@@ -104,15 +121,15 @@ class RadixTree:
             if n > best:
                 best, page, owner = n, child.pages[0], child
         if owner is not None:
-            owner.last_access = next(_clock)
+            owner.touch()
         return page, best
 
     def _split(self, node: Node, n_pages: int) -> Node:
         """Cut node after n_pages; the returned upper part takes node's place."""
         cut = n_pages * self.ps
         upper = Node(node.parent, node.key[:cut], node.pages[:n_pages])
-        upper.lock_ref = node.lock_ref
-        upper.last_access = node.last_access
+        upper.lock_ref, upper.pin_ref = node.lock_ref, node.pin_ref
+        upper.last_access, upper.done = node.last_access, node.done
         node.parent.children[self._page_key(upper.key, 0)] = upper
         node.key, node.pages, node.parent = node.key[cut:], node.pages[n_pages:], upper
         upper.children[self._page_key(node.key, 0)] = node
@@ -141,7 +158,7 @@ class RadixTree:
             n = self._common_pages(child.key, tokens, i)
             if n * self.ps < len(child.key):
                 child = self._split(child, n)
-            child.last_access = next(_clock)
+            child.touch()
             out.extend(child.pages)
             i += n * self.ps
             node = child
@@ -157,7 +174,7 @@ class RadixTree:
         tail = list(tail)
         for child in node.children.values():
             if child.key[: len(tail)] == tail:
-                child.last_access = next(_clock)
+                child.touch()
                 return False
         self._drop_tails_covered(node, tail)
         node.children[tuple(tail)] = Node(node, tail, [page])
@@ -169,15 +186,17 @@ class RadixTree:
         """Tails under node that are a prefix of tokens: the page about to hold those tokens replaces them."""
         for key, child in list(node.children.items()):
             if len(child.key) < self.ps and list(tokens[: len(child.key)]) == child.key:
-                assert not child.children and child.lock_ref == 0
+                assert not child.children and not child.held
                 del node.children[key]
                 self.pool.free(child.pages)
                 self.num_nodes -= 1
                 self.cached_pages -= 1
 
-    # -- locks -------------------------------------------------------------------------------
+    # -- locks and pins ----------------------------------------------------------------------
     def lock(self, node: Node) -> None:
         while node is not self.root:
+            if not node.held:
+                self.held_pages += len(node.pages)
             if node.lock_ref == 0:
                 self.locked_pages += len(node.pages)
             node.lock_ref += 1
@@ -189,16 +208,55 @@ class RadixTree:
             assert node.lock_ref >= 0, "radix lock released twice"
             if node.lock_ref == 0:
                 self.locked_pages -= len(node.pages)
+            if not node.held:
+                self.held_pages -= len(node.pages)
             node = node.parent
+
+    def pin(self, node: Node) -> None:
+        while node is not self.root:
+            if not node.held:
+                self.held_pages += len(node.pages)
+            if node.pin_ref == 0:
+                self.pinned_pages += len(node.pages)
+            node.pin_ref += 1
+            node = node.parent
+
+    def unpin(self, node: Node) -> None:
+        while node is not self.root:
+            node.pin_ref -= 1
+            assert node.pin_ref >= 0, "radix pin released twice"
+            if node.pin_ref == 0:
+                self.pinned_pages -= len(node.pages)
+            if not node.held:
+                self.held_pages -= len(node.pages)
+            node = node.parent
+
+    def mark_done(self, node: Node) -> None:
+        """The path to node belongs to a program that ended: its own part (up to where another path branches
+        off, or a lock or pin holds it) goes first when the pool needs room."""
+        for c in node.children.values():
+            if len(c.key) < self.ps:  # its partial last page
+                c.done = True
+        while node is not self.root and not node.held and len(node.children) <= 1:
+            node.done = True
+            node = node.parent
+
+    def depth(self, node: Node) -> int:
+        """Tokens on the path from the root to node."""
+        n = 0
+        while node is not self.root:
+            n, node = n + len(node.key), node.parent
+        return n
 
     @property
     def evictable_pages(self) -> int:
-        return self.cached_pages - self.locked_pages
+        return self.cached_pages - self.held_pages
 
     # -- eviction ----------------------------------------------------------------------------
     def evict(self, n_pages: int) -> int:
-        """Free at least n_pages from unlocked leaves, least recently used first. Returns pages freed."""
-        heap = [n for n in self._nodes() if not n.children and n.lock_ref == 0]
+        """Free at least n_pages from unheld leaves, ended programs' first, then least recently used. Returns
+        pages freed."""
+        heap = [n for n in self._nodes() if not n.children and not n.held]
         heapq.heapify(heap)
         freed = 0
         while heap and freed < n_pages:
@@ -209,7 +267,7 @@ class RadixTree:
             parent = leaf.parent
             del parent.children[self._page_key(leaf.key, 0)]
             self.num_nodes -= 1
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+            if parent is not self.root and not parent.children and not parent.held:
                 heapq.heappush(heap, parent)
         self.evicted_pages += freed
         if freed:

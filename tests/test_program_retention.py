@@ -1,0 +1,298 @@
+"""Program-aware scheduling and KV retention (engine/programs.py, engine/retention.py): pins live while a program
+awaits a tool and go at its end, error or cancellation; pins never wedge a small pool; outputs do not depend on
+the policy; no program starves."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+import sgagent
+from sgagent.engine.programs import calling
+
+from conftest import assert_quiescent, settle
+
+WORDS = ("river stone lantern market garden engine letter window signal harbor meadow copper orbit ledger "
+         "violet summit thread canyon pocket ember").split()
+SYSTEM = "You are an agent. Think, then call a tool, then read what it returns. " * 3
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def check_tree(e: sgagent.Engine) -> None:
+    """The radix tree's accounting, with pins: every page owned once, the held/pinned/locked counts equal to the
+    nodes' own, refs never larger below than above, and every pin on a node still in the tree."""
+    tree, pool = e.scheduler.tree, e.runner.pool
+    nodes = list(tree._nodes())
+    owned = [p for n in nodes for p in n.pages]
+    assert len(owned) == len(set(owned)) == tree.cached_pages
+    own = [p for r in e.scheduler.running for p in r.pages[r.inserted // tree.ps:] if p not in r.borrowed]
+    assert pool.num_free + tree.cached_pages + len(own) == pool.capacity  # running requests own the rest
+    assert tree.locked_pages == sum(len(n.pages) for n in nodes if n.lock_ref > 0)
+    assert tree.pinned_pages == sum(len(n.pages) for n in nodes if n.pin_ref > 0)
+    assert tree.held_pages == sum(len(n.pages) for n in nodes if n.held)
+    for n in nodes:
+        assert all(n.lock_ref >= c.lock_ref and n.pin_ref >= c.pin_ref for c in n.children.values())
+        if len(n.key) < tree.ps:
+            assert not n.held  # tails are never locked nor pinned
+    alive = set(map(id, nodes))
+    ret = e.scheduler.retention
+    assert all(id(p.node) in alive for p in ret.pins.values())
+    assert sum(1 for n in nodes if n.pin_ref > 0 and not any(c.pin_ref for c in n.children.values())) <= len(ret.pins)
+
+
+def check_every_step(e: sgagent.Engine) -> list[int]:
+    """check_tree after every step of e; returns a one-item list counting the steps checked."""
+    steps, after = [0], e.scheduler.after_step
+
+    def checked(plan):
+        after(plan)
+        check_tree(e)
+        steps[0] += 1
+
+    e.scheduler.after_step = checked
+    return steps
+
+
+def assert_released(e: sgagent.Engine) -> None:
+    s = e.stats()
+    assert s["pins"] == 0 and s["pinned_pages"] == 0 and s["programs"] == 0, s
+    assert_quiescent(e)
+
+
+# -- lifecycles ----------------------------------------------------------------------------------
+@sgagent.program
+async def lifecycle(s, seed: int):
+    """A random program: tool waits between calls, maybe a fork, maybe a failure or a cancellation midway."""
+    rng = random.Random(seed)
+    s += SYSTEM + f"Task {seed}: " + words(rng, rng.randint(3, 20))
+    fate = rng.random()
+    for step in range(rng.randint(1, 4)):
+        if rng.random() < 0.3:
+            branches = s.fork(rng.randint(2, 3))
+            async with sgagent.join(branches) as g:
+                for b in branches:
+                    g.start(b.gen("idea", max_tokens=rng.randint(1, 4), temperature=0, ignore_eos=True))
+        elif rng.random() < 0.2:
+            await s.select("pick", choices=[" yes", " no"])
+        else:
+            await s.gen(f"t{step}", max_tokens=rng.randint(1, 6), temperature=rng.choice([0, 0.7]), ignore_eos=True)
+        if fate < 0.15 and step == 1:
+            raise RuntimeError("the tool failed")
+        await asyncio.sleep(rng.random() * 0.03)  # the tool call
+        s += f" Observation {step}: " + words(rng, rng.randint(2, 12))
+    return s.text()
+
+
+async def test_pins_follow_random_program_lifecycles(tiny_models):
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=48, page_size=4, max_batch_tokens=128, dtype="float32")
+    steps = check_every_step(e)
+    rng = random.Random(11)
+    outcomes = {"ok": 0, "failed": 0, "cancelled": 0}
+    pinned_while_waiting = []
+
+    async def one(seed):
+        task = asyncio.ensure_future(lifecycle.run(engine=e, seed=seed))
+        if rng.random() < 0.15:
+            await asyncio.sleep(rng.random() * 0.2)
+            task.cancel()
+        try:
+            await task
+            outcomes["ok"] += 1
+        except asyncio.CancelledError:
+            outcomes["cancelled"] += 1
+        except RuntimeError:
+            outcomes["failed"] += 1
+
+    async def watch():
+        while True:
+            pinned_while_waiting.append(e.stats()["pins"])
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.gather(*(one(i) for i in range(80)))
+        watcher.cancel()
+        await settle(e)
+        assert all(outcomes.values()), outcomes
+        assert steps[0] > 20
+        s = e.stats()
+        assert s["pins_made"] > 20 and max(pinned_while_waiting) > 0, s
+        assert_released(e)  # every program ended one way or another: no pin, no program left
+    finally:
+        watcher.cancel()
+        await e.aclose()
+
+
+async def test_pin_lives_between_calls_and_goes_at_the_end(tiny_models):
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    seen = {}
+
+    @sgagent.program
+    async def two_calls(s):
+        s += SYSTEM
+        await s.gen("a", max_tokens=3, temperature=0, ignore_eos=True)
+        seen["waiting"] = e.stats()
+        await asyncio.sleep(0.01)
+        s += " then"
+        await s.gen("b", max_tokens=3, temperature=0, ignore_eos=True)
+        seen["after"] = e.stats()
+
+    try:
+        await two_calls.run(engine=e)
+        assert seen["waiting"]["pins"] == 1 and seen["waiting"]["pinned_pages"] > 0
+        # the second call found its own pin and took it; the pin of that call lives until the program returned
+        assert seen["after"]["pin_hits"] == 1 and seen["after"]["pins"] == 1
+        assert_released(e)
+        # what only that program used is the first to go
+        tree = e.scheduler.tree
+        assert any(n.done for n in tree._nodes())
+    finally:
+        await e.aclose()
+
+
+async def test_a_pin_expires_after_its_ttl(tiny_models):
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    try:
+        with calling("never-ends"):
+            await e.generate(SYSTEM, max_tokens=2, temperature=0)
+        ret = e.scheduler.retention
+        assert e.stats()["pins"] == 1
+        pin = next(iter(ret.pins.values()))
+        assert 0.25 <= pin.expires - pin.since <= 60.0
+        pin.expires = pin.since  # as if its TTL had passed
+        await e.generate("another request", max_tokens=1, temperature=0)  # a step runs, expiring it
+        assert e.stats()["pins"] == 0 and e.stats()["pins_expired"] == 1
+    finally:
+        await e.aclose()
+
+
+# -- pressure and policy -------------------------------------------------------------------------
+@sgagent.program
+async def react(s, i: int, steps: int, delay_seed: int):
+    rng = random.Random(delay_seed)
+    s += SYSTEM + f"Question {i}: " + words(rng, 30)
+    for k in range(steps):
+        await s.gen(f"thought{k}", max_tokens=4, temperature=0, ignore_eos=True)
+        await asyncio.sleep(0.005 + rng.random() * 0.03)  # the tool
+        s += f"\nObservation {k}: " + words(rng, 25) + "\nThought:"
+    return s.text()
+
+
+async def run_react(e, n: int = 24, steps: int = 4):
+    states = await sgagent.run_batch(react, [dict(i=i, steps=steps, delay_seed=i) for i in range(n)], engine=e,
+                                     progress=False)
+    return [st.return_value for st in states]
+
+
+async def test_pinned_contexts_beyond_the_pool_complete_with_the_same_outputs(tiny_models):
+    path, _ = tiny_models["llama"]
+    big = sgagent.Engine(str(path), kv_pages=4096, page_size=4, dtype="float32",
+                         program_scheduling=False, kv_retention=False)
+    small = big.with_config(kv_pages=160, program_scheduling=True, kv_retention=True)
+    steps = check_every_step(small)
+    try:
+        want = await run_react(big)
+        got = await asyncio.wait_for(run_react(small), 300)
+        s = small.stats()
+        # 24 programs end near 24 * ~170 tokens: several times what 160 pages of 4 hold
+        assert sum(len(small.tokenize(t)) for t in got) > 4 * 160 * 4
+        assert got == want
+        assert s["pins_dropped"] > 0 and s["pins_made"] > 0, s
+        assert steps[0] > 0
+        assert_released(small)
+    finally:
+        await small.aclose()
+        await big.aclose()
+
+
+async def test_outputs_identical_with_the_policy_on_and_off(engine):
+    # the default model on a pool that holds about half the programs' contexts: pins are made, dropped and hit
+    on = engine.with_config(kv_pages=60)
+    off = engine.with_config(kv_pages=60, program_scheduling=False, kv_retention=False)
+    try:
+        a = await run_react(on, n=8, steps=3)
+        b = await run_react(off, n=8, steps=3)
+        assert a == b
+        assert on.stats()["pin_hits"] > 0
+        assert_released(on)
+    finally:
+        await on.aclose()
+        await off.aclose()
+
+
+# -- starvation ----------------------------------------------------------------------------------
+async def test_an_old_program_is_served_under_a_flood_of_new_ones(tiny_models):
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=256, page_size=4, max_batch_tokens=64, max_running_requests=4,
+                       dtype="float32")
+    waited, started = [], asyncio.Event()
+
+    @sgagent.program
+    async def old(s):
+        s += SYSTEM
+        await s.gen(max_tokens=2, temperature=0, ignore_eos=True)
+        started.set()
+        await asyncio.sleep(0.05)  # a tool call, while the flood arrives
+        for k in range(4):
+            s += f" step {k}"
+            before = e.counters["steps"]
+            await s.gen(max_tokens=1, temperature=0)
+            waited.append(e.counters["steps"] - before)
+            await asyncio.sleep(0.01)
+
+    @sgagent.program
+    async def newcomer(s, i):
+        s += f"New program {i}: " + SYSTEM
+        await s.gen(max_tokens=6, temperature=0, ignore_eos=True)
+
+    try:
+        first = asyncio.ensure_future(old.run(engine=e))
+        await started.wait()
+        flood = asyncio.ensure_future(sgagent.run_batch(newcomer, [dict(i=i) for i in range(60)], engine=e,
+                                                        progress=False))
+        await first
+        assert not flood.done()  # it was served while newcomers still queued
+        await flood
+        # its call goes before every newcomer's first: at most the steps of the requests already running
+        assert max(waited) <= 8, waited
+        assert_released(e)
+    finally:
+        await e.aclose()
+
+
+async def test_a_newcomer_is_served_under_a_flood_of_continuing_programs(tiny_models):
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=512, page_size=4, max_batch_tokens=32, max_running_requests=2,
+                       dtype="float32", starvation_steps=16)
+    stop = asyncio.Event()
+
+    @sgagent.program
+    async def busy(s, i):
+        s += f"Busy {i}: " + SYSTEM
+        while not stop.is_set():
+            await s.gen(max_tokens=2, temperature=0, ignore_eos=True)
+
+    try:
+        runners = asyncio.ensure_future(sgagent.run_batch(busy, [dict(i=i) for i in range(8)], engine=e,
+                                                          progress=False))
+        await asyncio.sleep(0.3)  # all of them are continuing programs by now
+        before = e.counters["steps"]
+        await e.generate("a newcomer's first call", max_tokens=1, temperature=0)
+        waited = e.counters["steps"] - before
+        stop.set()
+        await runners
+        # it is skipped while continuing calls go first; after 16 skips the age guard puts it first among the
+        # starving (behind older starving calls) and it takes the next free running slot
+        assert 8 <= waited <= 2 * 16, waited
+        assert_released(e)
+    finally:
+        stop.set()
+        await e.aclose()
