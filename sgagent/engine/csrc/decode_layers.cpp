@@ -35,7 +35,8 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, cons
     y = sgagent::ops::quant_linear(x, w, qtype, N, K, true);
   } else if (pad_rows > 0) {
     const int64_t n = x.size(0), extra = std::max(pad_rows, (n + 3) / 4 * 4) - n;
-    const at::Tensor xp = extra == 0 ? x : at::cat({x, at::zeros({extra, x.size(1)}, x.options())});
+    // row-major always: oneDNN's bf16 kernel reduces a column-major x otherwise (as padded_project says)
+    const at::Tensor xp = extra == 0 ? x.contiguous() : at::cat({x, at::zeros({extra, x.size(1)}, x.options())});
     y = at::mm(w, xp.t()).t().narrow(0, 0, n);
   } else if (x.size(0) > small_rows) {
     return has_bias ? at::linear(x, w, bias) : at::linear(x, w);
