@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 BENCHES = ["cpu_projection", "cpu_ops", "gguf_blocks", "engine_throughput", "batch_scaling", "radix_reuse",
-           "flop_ceiling", "determinism", "primitives_vs_generate", "constrained_decoding", "tool_agents",
-           "serving", "suite"]
+           "flop_ceiling", "determinism", "program_aware", "primitives_vs_generate", "constrained_decoding",
+           "tool_agents", "serving", "suite"]
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ class RadixMachine(RuleBasedStateMachine):
         self.ref: dict[tuple, int] = {}  # every cached whole-page prefix -> the page holding its last page
         self.tails: dict[tuple, int] = {}  # every cached prefix ending in a partial page -> that page
         self.holders = []  # (node, tokens) locked by "requests"
+        self.pinned = []  # (node, tokens) pinned for "programs" awaiting a tool
         self.private = []  # pages held outside the tree
 
     def _ref_match(self, tokens):
@@ -64,7 +65,7 @@ class RadixMachine(RuleBasedStateMachine):
     def _content(self, page):
         return next([k for k, p in d.items() if p == page][0] for d in (self.ref, self.tails) if page in d.values())
 
-    @rule(tokens=seqs, hold=st.booleans())
+    @rule(tokens=seqs, hold=st.sampled_from(["no", "lock", "pin"]))
     def request(self, tokens, hold):
         """What the scheduler does: match, lock, copy what a partial match gives, compute the rest into
         private pages, publish, keep or release (keeping the partial last page as a tail)."""
@@ -94,9 +95,12 @@ class RadixMachine(RuleBasedStateMachine):
         assert tree_pages == self._ref_match(tokens[: full * PS])
         self.tree.lock(new)
         self.tree.unlock(node)
-        if hold:
+        if hold == "lock":
             self.holders.append((new, list(tokens[: full * PS])))
         else:
+            if hold == "pin":  # a program's call ended; it keeps its path while it waits
+                self.tree.pin(new)
+                self.pinned.append((new, list(tokens[: full * PS])))
             self.tree.unlock(new)
         if len(tokens) > full * PS and self.pool.num_free:
             self._keep_tail(new, tokens, full * PS)
@@ -123,6 +127,14 @@ class RadixMachine(RuleBasedStateMachine):
     def release(self, i):
         node, _ = self.holders.pop(i % len(self.holders))
         self.tree.unlock(node)
+
+    @precondition(lambda self: self.pinned)
+    @rule(i=st.integers(0, 100), done=st.booleans())
+    def unpin(self, i, done):
+        node, _ = self.pinned.pop(i % len(self.pinned))
+        self.tree.unpin(node)
+        if done:  # its program ended: what only it used goes first
+            self.tree.mark_done(node)
 
     @rule(n=st.integers(0, 20))
     def evict(self, n):
@@ -157,8 +169,8 @@ class RadixMachine(RuleBasedStateMachine):
         for key in set(self.tails) - tails:
             del self.tails[key]
         gone = set(self.ref) - present
-        # nothing a holder has locked may go
-        for _, toks in self.holders:
+        # nothing a holder has locked or pinned may go
+        for _, toks in self.holders + self.pinned:
             for k in range(PS, len(toks) + 1, PS):
                 assert tuple(toks[:k]) not in gone, "a locked prefix was evicted"
         for key in gone:
@@ -174,6 +186,8 @@ class RadixMachine(RuleBasedStateMachine):
         assert self.pool.num_free + self.tree.cached_pages == CAPACITY
         expected_locked = sum(len(n.pages) for n in self.tree._nodes() if n.lock_ref > 0)
         assert self.tree.locked_pages == expected_locked
+        assert self.tree.pinned_pages == sum(len(n.pages) for n in self.tree._nodes() if n.pin_ref > 0)
+        assert self.tree.held_pages == sum(len(n.pages) for n in self.tree._nodes() if n.held)
         for n in self.tree._nodes():
             if len(n.key) < PS:  # a tail: one partial page, a leaf, never locked
                 assert n.key and len(n.pages) == 1 and not n.children and n.lock_ref == 0
@@ -224,3 +238,22 @@ def test_random_workload_never_loses_pages():
             tree.unlock(new)
         tree.unlock(node)
         assert pool.num_free + tree.cached_pages == 64 and tree.locked_pages == 0
+
+
+def test_pinned_paths_stay_and_ended_programs_go_first():
+    pool = FakePool(20)
+    tree = RadixTree(pool, 2)
+    _, waiting = tree.insert([1, 1, 2, 2], pool.alloc(2))  # a program awaiting a tool
+    mine = pool.alloc(2)
+    got, ended = tree.insert([1, 1, 3, 3], mine)  # shares [1, 1]; its program has ended
+    pool.free([p for p, t in zip(mine, got) if p != t])
+    _, other = tree.insert([5, 5, 6, 6], pool.alloc(2))  # someone else's, least recently used of the three
+    tree.match([1, 1, 3, 3])  # the ended one is the most recently used
+    tree.pin(waiting)
+    assert tree.pinned_pages == 2 and tree.evictable_pages == 3  # [1, 1] is held by the pin below [2, 2]
+    tree.mark_done(ended)
+    assert tree.evict(1) == 1 and tree.match_len([1, 1, 3, 3]) == 2  # ended first, though most recent
+    assert tree.match_len([5, 5, 6, 6]) == 4
+    assert tree.evict(10) == 2 and tree.match_len([1, 1, 2, 2]) == 4  # all but the pinned path
+    tree.unpin(waiting)
+    assert tree.pinned_pages == 0 and tree.evict(10) == 2 and tree.cached_pages == 0

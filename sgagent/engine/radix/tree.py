@@ -194,41 +194,30 @@ class RadixTree:
 
     # -- locks and pins ----------------------------------------------------------------------
     def lock(self, node: Node) -> None:
-        while node is not self.root:
-            if not node.held:
-                self.held_pages += len(node.pages)
-            if node.lock_ref == 0:
-                self.locked_pages += len(node.pages)
-            node.lock_ref += 1
-            node = node.parent
+        self._count("lock_ref", "locked_pages", node, 1)
 
     def unlock(self, node: Node) -> None:
-        while node is not self.root:
-            node.lock_ref -= 1
-            assert node.lock_ref >= 0, "radix lock released twice"
-            if node.lock_ref == 0:
-                self.locked_pages -= len(node.pages)
-            if not node.held:
-                self.held_pages -= len(node.pages)
-            node = node.parent
+        self._count("lock_ref", "locked_pages", node, -1)
 
     def pin(self, node: Node) -> None:
-        while node is not self.root:
-            if not node.held:
-                self.held_pages += len(node.pages)
-            if node.pin_ref == 0:
-                self.pinned_pages += len(node.pages)
-            node.pin_ref += 1
-            node = node.parent
+        self._count("pin_ref", "pinned_pages", node, 1)
 
     def unpin(self, node: Node) -> None:
+        self._count("pin_ref", "pinned_pages", node, -1)
+
+    def _count(self, ref: str, pages: str, node: Node, delta: int) -> None:
+        """Add delta to `ref` on node and its ancestors, keeping the page counts of locked/pinned and held
+        nodes in step."""
         while node is not self.root:
-            node.pin_ref -= 1
-            assert node.pin_ref >= 0, "radix pin released twice"
-            if node.pin_ref == 0:
-                self.pinned_pages -= len(node.pages)
-            if not node.held:
-                self.held_pages -= len(node.pages)
+            was_held, was_on = node.held, getattr(node, ref) > 0
+            setattr(node, ref, getattr(node, ref) + delta)
+            on = getattr(node, ref)
+            assert on >= 0, f"radix {ref} released twice"
+            n = len(node.pages)
+            if was_on != (on > 0):
+                setattr(self, pages, getattr(self, pages) + (n if on else -n))
+            if was_held != node.held:
+                self.held_pages += n if node.held else -n
             node = node.parent
 
     def mark_done(self, node: Node) -> None:
