@@ -296,3 +296,17 @@ async def test_a_newcomer_is_served_under_a_flood_of_continuing_programs(tiny_mo
     finally:
         stop.set()
         await e.aclose()
+
+
+def test_programs_nobody_ends_are_forgotten_after_a_long_idle():
+    from sgagent.engine import programs as P
+
+    now = [0.0]
+    table = P.ProgramTable(clock=lambda: now[0])
+    for i in range(P.SWEEP_EVERY - 2):  # an agent's per-message states: never ended
+        table.end_call(table.begin_call(P.ProgramCall(f"agent/{i}")), True)
+    assert len(table.programs) == P.SWEEP_EVERY - 2
+    busy = table.begin_call(P.ProgramCall("busy"))  # in flight: never forgotten
+    now[0] += P.FORGET_IDLE_S + 1
+    table.begin_call(P.ProgramCall("next"))  # the sweep runs every SWEEP_EVERY calls
+    assert set(table.programs) == {"busy", "next"} and busy.in_flight == 1

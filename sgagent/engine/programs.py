@@ -23,6 +23,9 @@ _order = itertools.count()
 # a first wait has no history of its own: the median of recent waits of all programs, or this before any
 DEFAULT_WAIT_S = 1.0
 RECENT_WAITS = 256
+# a program that nobody ends (an agent's per-message state) is forgotten after this long without a call
+FORGET_IDLE_S = 300.0
+SWEEP_EVERY = 256
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,14 @@ class ProgramTable:
         self.clock = clock
         self.programs: dict[str, Program] = {}
         self.recent_waits: deque[float] = deque(maxlen=RECENT_WAITS)
+        self._calls = 0
 
     def begin_call(self, call: ProgramCall) -> Program:
         """A request of this program arrives: the wait since its last one ended is over."""
         now = self.clock()
+        self._calls += 1
+        if self._calls % SWEEP_EVERY == 0:
+            self._forget_idle(now)
         p = self.programs.get(call.program_id)
         if p is None:
             p = self.programs[call.program_id] = Program(call.program_id, next(_order), now)
@@ -82,6 +89,11 @@ class ProgramTable:
         p.calls += finished
         if p.in_flight == 0:
             p.idle_since = self.clock()
+
+    def _forget_idle(self, now: float) -> None:
+        for pid in [k for k, p in self.programs.items()
+                    if p.in_flight == 0 and p.idle_since is not None and now - p.idle_since > FORGET_IDLE_S]:
+            del self.programs[pid]
 
     def end(self, program_id: str) -> Program | None:
         return self.programs.pop(program_id, None)
