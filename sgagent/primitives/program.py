@@ -52,7 +52,11 @@ class Program:
                 log.info("program.failed", program=self.name, error=type(e).__name__)
                 raise
             finally:
-                engine.end_program(pid)  # the KV it kept between calls goes now (engine/retention.py)
+                # the KV the embedded engine kept between its calls goes now (engine/retention.py); other
+                # engines (remote, the benchmarks' baselines) keep nothing per program
+                end = getattr(engine, "end_program", None)
+                if end is not None:
+                    end(pid)
             log.debug("program.finish", program=self.name)
         return state
 

@@ -185,9 +185,6 @@ class RemoteEngine(Prompting):
         self.counters["requests"] += len(conts)
         return list(await asyncio.gather(*(one(c) for c in conts)))
 
-    def end_program(self, program_id: str) -> None:
-        """Nothing is kept for a program here: the server caches by prefix alone."""
-
     def stats(self) -> dict:
         c = dict(self.counters)
         c["cache_hit_rate"] = c["cached_tokens"] / c["prompt_tokens"] if c["prompt_tokens"] else 0.0
