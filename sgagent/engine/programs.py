@@ -95,6 +95,10 @@ class ProgramTable:
                     if p.in_flight == 0 and p.idle_since is not None and now - p.idle_since > FORGET_IDLE_S]:
             del self.programs[pid]
 
+    def is_open(self, p: Program) -> bool:
+        """Not ended (nor forgotten): a pin made for it would be released."""
+        return self.programs.get(p.id) is p
+
     def end(self, program_id: str) -> Program | None:
         return self.programs.pop(program_id, None)
 

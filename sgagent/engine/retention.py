@@ -39,6 +39,7 @@ class Retention:
         self.tree = tree
         self.programs = programs
         self.clock = clock
+        # (program id, branch) -> its pin, in the order the waits began (hold re-inserts): the newest is last
         self.pins: dict[tuple[str, tuple[int, ...]], Pin] = {}
         self.counters = dict.fromkeys(["pins_made", "pins_dropped", "pins_expired", "pin_hits", "pin_hit_tokens"], 0)
 
@@ -80,16 +81,15 @@ class Retention:
             self.counters["pins_expired"] += 1
             self._unpin(key)
 
-    def drop_for(self, need: int) -> bool:
-        """Drop pins, newest wait first, until `need` pages are free or evictable. Returns whether they are."""
+    def drop_for(self, need: int) -> None:
+        """Drop pins, newest wait first, until `need` pages are free or evictable (or no pin is left)."""
         while self.tree.pool.num_free + self.tree.evictable_pages < need and self.pins:
-            key = max(self.pins, key=lambda k: self.pins[k].since)
+            key = next(reversed(self.pins))
             pin = self.pins[key]
             _log.debug("retention.pin_dropped", program_id=pin.program.id, branch=pin.path, tokens=pin.tokens,
                        waited_s=round(self.clock() - pin.since, 3))
             self.counters["pins_dropped"] += 1
             self._unpin(key)
-        return self.tree.pool.num_free + self.tree.evictable_pages >= need
 
     def _unpin(self, key) -> None:
         self.tree.unpin(self.pins.pop(key).node)

@@ -102,12 +102,12 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, cfg: EngineConfig, pool: KVPool, programs: ProgramTable | None = None):
+    def __init__(self, cfg: EngineConfig, pool: KVPool):
         self.cfg = cfg
         self.pool = pool
         self.ps = pool.page_size
         self.tree = RadixTree(pool, self.ps) if cfg.radix_cache else None
-        self.programs = programs or ProgramTable()
+        self.programs = ProgramTable()
         self.retention = Retention(self.tree, self.programs) if self.tree is not None and cfg.kv_retention else None
         self.waiting: list[Req] = []
         self.running: list[Req] = []
@@ -143,7 +143,7 @@ class Scheduler:
     def _make_room(self, need: int, drop_pins: bool = True) -> bool:
         """need free pages, evicting unheld cache; and dropping pins first if that is not enough and allowed."""
         if need > self.pool.num_free and self.tree is not None:
-            if drop_pins and self.retention is not None and self.pool.num_free + self.tree.evictable_pages < need:
+            if drop_pins and self.retention is not None:
                 self.retention.drop_for(need)
             self.tree.evict(need - self.pool.num_free)
         return self.pool.num_free >= need
@@ -169,7 +169,7 @@ class Scheduler:
         else:
             self._publish(req)
             p = req.program
-            if retain and self.retention is not None and p is not None and self.programs.programs.get(p.id) is p:
+            if retain and self.retention is not None and p is not None and self.programs.is_open(p):
                 self.retention.hold(p, req.path, req.node)  # before the unlock below, so nothing evicts it between
             own = req.inserted // self.ps
             if req.num_computed > req.inserted:  # a computed partial last page: the tree may keep it as a tail
