@@ -117,7 +117,7 @@ async def main(a) -> None:
     ideal = (await measure(base, n, shape, "both", everything, 1))["prefill"]
     print(f"# prompt tokens an unbounded cache computes: {ideal}", flush=True)
     t = None
-    for p in POLICIES:  # "today" first: the others' ratios are against it
+    for p in a.policies:  # "today" first: the others' ratios are against it
         r = await measure(base, n, shape, p, pages, a.runs)
         t = t or r
         report("program_aware_pressure", policy=p, programs=n, pool_fraction=pages * ps / (n * final_ctx),
@@ -125,10 +125,12 @@ async def main(a) -> None:
                p50_s=r["p50"], p95_s=r["p95"], p95_vs_today=t["p95"] / r["p95"], hit_rate=r["hit_rate"],
                recomputed_tokens=r["prefill"] - ideal, pins_dropped=r["pins_dropped"], pin_hits=r["pin_hits"],
                preemptions=r["preemptions"], runs=a.runs)
-    roomy = {p: await measure(base, n, shape, p, everything, a.runs) for p in ("today", "both")}
-    report("program_aware_roomy", programs=n, pool_fraction=1.0, today_programs_per_s=roomy["today"]["programs_per_s"],
-           both_programs_per_s=roomy["both"]["programs_per_s"],
-           ratio=roomy["both"]["programs_per_s"] / roomy["today"]["programs_per_s"], runs=a.runs)
+    roomy = {p: await measure(base, n, shape, p, everything, a.runs) for p in ("today", "both") if a.roomy}
+    if roomy:
+        report("program_aware_roomy", programs=n, pool_fraction=1.0,
+               today_programs_per_s=roomy["today"]["programs_per_s"],
+               both_programs_per_s=roomy["both"]["programs_per_s"],
+               ratio=roomy["both"]["programs_per_s"] / roomy["today"]["programs_per_s"], runs=a.runs)
     if not a.small and a.suite_pages:
         await suite_small_pool(base, a.suite_pages)
     await base.aclose()
@@ -141,4 +143,10 @@ if __name__ == "__main__":
     ap.add_argument("--programs", type=int, default=64)
     ap.add_argument("--hold", type=float, default=0.35, help="share of all programs' final contexts the pool holds")
     ap.add_argument("--suite-pages", type=int, default=48, help="pool of the suite workloads' small-pool runs (0: skip them)")
-    asyncio.run(main(ap.parse_args()))
+    ap.add_argument("--policies", default=",".join(POLICIES),
+                    help="comma-separated, today first (the ratios are against the first)")
+    ap.add_argument("--no-roomy", dest="roomy", action="store_false", help="skip the pool-holds-everything runs")
+    a = ap.parse_args()
+    a.policies = a.policies.split(",")
+    assert all(p in POLICIES for p in a.policies), f"policies are {list(POLICIES)}"
+    asyncio.run(main(a))

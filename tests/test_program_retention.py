@@ -174,6 +174,67 @@ async def test_a_pin_expires_after_its_ttl(tiny_models):
         await e.aclose()
 
 
+async def test_a_queued_call_keeps_its_pin_past_the_ttl(tiny_models):
+    # the TTL covers the program's own wait; once its next call is queued, the engine's queue is what keeps it
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    try:
+        with calling("p"):
+            await e.generate(SYSTEM, max_tokens=2, temperature=0)
+            pin = next(iter(e.scheduler.retention.pins.values()))
+            pin.expires = pin.since  # its TTL has passed by the time the next call is admitted...
+            await e.generate(SYSTEM + " and then more", max_tokens=1, temperature=0)  # ...but it was queued first
+        st = e.stats()
+        assert st["pins_expired"] == 0 and st["pin_hit_tokens"] > 0
+    finally:
+        await e.aclose()
+
+
+async def test_a_call_that_lost_its_kv_does_not_drop_the_pins_of_others(tiny_models):
+    # it must compute its whole context again: taking other programs' pins for that would make them compute
+    # theirs again too, and so on; it waits for room while other work runs
+    path, _ = tiny_models["llama"]
+    probe = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    pages = lambda text: -(-len(probe.tokenizer.encode(text)) // 4) + 1
+    a, b = SYSTEM + " Program A.", SYSTEM + " Program B, another context."
+    long_c = " ".join(WORDS * 10)
+    plain = "A plain request that decodes for a while."
+    held = pages(a) + pages(b)
+    kv = pages(long_c) + 4  # C fits alone, not beside the pins and the plain request
+    assert kv >= held + pages("C starts short.") + pages(plain) + 48 // 4  # which fit beside each other
+    await probe.aclose()
+    e = sgagent.Engine(str(path), kv_pages=kv, page_size=4, dtype="float32", max_batch_tokens=4096)
+    try:
+        for pid, text in (("A", a), ("B", b), ("C", "C starts short.")):
+            with calling(pid):
+                await e.generate(text, max_tokens=2, temperature=0, ignore_eos=True)
+        assert e.stats()["pins"] == 3
+        together, after = [], e.scheduler.after_step
+
+        def watch(plan):
+            after(plan)
+            together.append(len(e.scheduler.running) > 1)
+
+        e.scheduler.after_step = watch
+        running = asyncio.ensure_future(e.generate(plain, max_tokens=48, temperature=0, ignore_eos=True))
+        while not e.scheduler.running:
+            await asyncio.sleep(0.001)
+        room = e.runner.pool.num_free + e.scheduler.tree.evictable_pages
+        assert room < pages(long_c), (room, pages(long_c))  # C fits only if it drops pins
+        with calling("C"):
+            c = asyncio.ensure_future(e.generate(long_c, max_tokens=1, temperature=0))
+        await running
+        # it waited while the plain request ran, and dropped no pin for it
+        assert not any(together) and e.stats()["pins_dropped"] == 0
+        await c  # then it goes, in the plain request's room or by dropping pins (never a deadlock)
+        for pid in "ABC":
+            e.end_program(pid)
+        await settle(e)
+        assert_released(e)
+    finally:
+        await e.aclose()
+
+
 # -- pressure and policy -------------------------------------------------------------------------
 @sgagent.program
 async def react(s, i: int, steps: int, delay_seed: int):

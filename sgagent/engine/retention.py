@@ -57,6 +57,14 @@ class Retention:
         if old is not None:
             self.tree.unpin(old.node)
 
+    def arrived(self, program: Program, path: tuple[int, ...]) -> None:
+        """A call of program at path is queued: its wait is over, so the pins it will resume (its own, its trunk's,
+        its branches') no longer expire; the engine's queue, not the program, keeps it from them now. They may
+        still be dropped under pressure."""
+        for key, pin in self.pins.items():
+            if key[0] == program.id and (key[1][: len(path)] == path or path[: len(key[1])] == key[1]):
+                pin.expires = float("inf")
+
     def resume(self, program: Program, path: tuple[int, ...], matched: int) -> None:
         """A call of program at path was admitted (its path is locked now): its own pin, and those of branches
         under it that have joined back, are no longer needed. matched: the tokens it found cached."""

@@ -118,6 +118,8 @@ class Scheduler:
 
     # -- queue ---------------------------------------------------------------------------------
     def add(self, req: Req) -> None:
+        if self.retention is not None and req.program is not None:
+            self.retention.arrived(req.program, req.path)
         self.waiting.append(req)
 
     def has_work(self) -> bool:
@@ -255,6 +257,7 @@ class Scheduler:
     def _admit(self, plan: StepPlan, budget: int) -> None:
         ends = {id(it.req): it.seq.kv_len for it in plan.items}  # how far this step takes each planned request
         sharing = [r for r in self.running if r.num_computed < len(r.prompt_ids)]
+        held_back = False  # a program's call waits for room that pins hold
         for req in self._order():
             if budget <= 0 or len(self.running) >= self.cfg.max_running_requests:
                 break
@@ -281,15 +284,23 @@ class Scheduler:
             start = matched + copied + len(borrowed) * self.ps
             n = min(len(req.tokens) - start, budget)
             need = self._pages_for(start + n) - len(pages) - len(borrowed)
-            # pins are dropped for running work and a program's next call, not for a newcomer's first call,
-            # unless the step would otherwise run nothing
-            drop_pins = (self._continuing(req) or req.skipped >= self.cfg.starvation_steps
-                         or not (self.running or plan))
+            starving = req.skipped >= self.cfg.starvation_steps
+            if held_back and not starving and not self._continuing(req):
+                if node is not None:
+                    self.tree.unlock(node)
+                continue  # the room a held-back program's call waits for is not a newcomer's to take
+            # Pins are dropped for running work and for a program's next call that kept its KV through its wait
+            # (it needs room only for what is new), not for a call that must compute its context again (it would
+            # drop the KV of others, who would then drop more) nor a newcomer's first call; the starving and a
+            # step that would otherwise run nothing drop them too.
+            drop_pins = (starving or not (self.running or plan)
+                         or (self._continuing(req) and 2 * start >= len(req.tokens)))
             if not self._make_room(need, drop_pins):
                 if node is not None:
                     self.tree.unlock(node)
                 if drop_pins or self.retention is None or not self.retention.pins:
                     break
+                held_back = held_back or self._continuing(req)
                 continue  # held back by pins: a program's call behind it may still go
             req.pages = pages + borrowed + self.pool.alloc(need)
             # copied and borrowed tokens count as computed once the step (which copies, or fills, them) has run
