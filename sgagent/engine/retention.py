@@ -2,9 +2,11 @@
 that is not the engine, the KV of that call's path stays pinned in the radix tree until its next call, its end,
 or a time-to-live; pins drop at once when the program ends (done, failed or cancelled).
 
-Pins are soft. Running requests and a program's next call may drop them (newest wait first: the program that
-began waiting last is the one expected back last) when the pool has no other room; a newcomer's first call may
-not, unless the engine would otherwise have nothing to run. A branch's pin holds the trunk below it too, so a
+Pins are soft. Running requests and a program's next call that kept its KV may drop them (newest wait first: the
+program that began waiting last is the one expected back last) when the pool has no other room; a newcomer's first
+call and a call whose KV was lost may not, unless they starve or the engine would otherwise have nothing to run
+(one program's recomputation must not cost the KV of others). A pin's TTL stops once the program's next call is
+queued: the wait it covers is over. A branch's pin holds the trunk below it too, so a
 fork's trunk stays while its branches are between calls; the trunk's next call (after the join) drops the
 branches' pins with its own.
 """
