@@ -157,15 +157,19 @@ async def test_pin_lives_between_calls_and_goes_at_the_end(tiny_models):
         await e.aclose()
 
 
-async def test_a_pin_expires_after_its_ttl(tiny_models):
+async def pinned_call(tiny_models, program_id: str):
+    """An engine with one call of program_id done and its path pinned, and that pin."""
     path, _ = tiny_models["llama"]
     e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    with calling(program_id):
+        await e.generate(SYSTEM, max_tokens=2, temperature=0)
+    return e, next(iter(e.scheduler.retention.pins.values()))
+
+
+async def test_a_pin_expires_after_its_ttl(tiny_models):
+    e, pin = await pinned_call(tiny_models, "never-ends")
     try:
-        with calling("never-ends"):
-            await e.generate(SYSTEM, max_tokens=2, temperature=0)
-        ret = e.scheduler.retention
         assert e.stats()["pins"] == 1
-        pin = next(iter(ret.pins.values()))
         assert 0.25 <= pin.expires - pin.since <= 60.0
         pin.expires = pin.since  # as if its TTL had passed
         await e.generate("another request", max_tokens=1, temperature=0)  # a step runs, expiring it
@@ -176,12 +180,9 @@ async def test_a_pin_expires_after_its_ttl(tiny_models):
 
 async def test_a_queued_call_keeps_its_pin_past_the_ttl(tiny_models):
     # the TTL covers the program's own wait; once its next call is queued, the engine's queue is what keeps it
-    path, _ = tiny_models["llama"]
-    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    e, pin = await pinned_call(tiny_models, "p")
     try:
         with calling("p"):
-            await e.generate(SYSTEM, max_tokens=2, temperature=0)
-            pin = next(iter(e.scheduler.retention.pins.values()))
             pin.expires = pin.since  # its TTL has passed by the time the next call is admitted...
             await e.generate(SYSTEM + " and then more", max_tokens=1, temperature=0)  # ...but it was queued first
         st = e.stats()

@@ -261,6 +261,9 @@ class Scheduler:
         for req in self._order():
             if budget <= 0 or len(self.running) >= self.cfg.max_running_requests:
                 break
+            starving, continuing = req.skipped >= self.cfg.starvation_steps, self._continuing(req)
+            if held_back and not starving and not continuing:
+                continue  # the room a held-back program's call waits for is not a newcomer's to take
             pages, node, src, copied, borrowed = [], None, 0, 0, []
             if self.tree is not None:
                 key = self._match_limit(req)
@@ -284,23 +287,18 @@ class Scheduler:
             start = matched + copied + len(borrowed) * self.ps
             n = min(len(req.tokens) - start, budget)
             need = self._pages_for(start + n) - len(pages) - len(borrowed)
-            starving = req.skipped >= self.cfg.starvation_steps
-            if held_back and not starving and not self._continuing(req):
-                if node is not None:
-                    self.tree.unlock(node)
-                continue  # the room a held-back program's call waits for is not a newcomer's to take
             # Pins are dropped for running work and for a program's next call that kept its KV through its wait
             # (it needs room only for what is new), not for a call that must compute its context again (it would
             # drop the KV of others, who would then drop more) nor a newcomer's first call; the starving and a
             # step that would otherwise run nothing drop them too.
             drop_pins = (starving or not (self.running or plan)
-                         or (self._continuing(req) and 2 * start >= len(req.tokens)))
+                         or (continuing and 2 * start >= len(req.tokens)))
             if not self._make_room(need, drop_pins):
                 if node is not None:
                     self.tree.unlock(node)
                 if drop_pins or self.retention is None or not self.retention.pins:
                     break
-                held_back = held_back or self._continuing(req)
+                held_back = held_back or continuing
                 continue  # held back by pins: a program's call behind it may still go
             req.pages = pages + borrowed + self.pool.alloc(need)
             # copied and borrowed tokens count as computed once the step (which copies, or fills, them) has run
