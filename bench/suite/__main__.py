@@ -23,11 +23,11 @@ from .workloads import WORKLOADS
 def parse(argv=None):
     ap = argparse.ArgumentParser(prog="sgagent bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("workloads", nargs="*", help=f"any of {list(WORKLOADS)} (default: all)")
-    ap.add_argument("--small", action="store_true", help="CI smoke size: 1-2 programs, 8-token generations")
+    ap.add_argument("--small", action="store_true", help="CI smoke size: 1-2 programs, 4-token generations")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the full program counts")
     ap.add_argument("--runs", type=int, default=1, help="repeats per system; the median time is reported")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS))
-    ap.add_argument("--max-new", type=int, default=None, help="cap unconstrained generations (default 8 with --small)")
+    ap.add_argument("--max-new", type=int, default=None, help="cap unconstrained generations (default 4 with --small)")
     ap.add_argument("--model", default=None, help="a .gguf file or Hugging Face folder (default: SmolLM2-135M)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "out"))
     a = ap.parse_args(argv)
@@ -42,7 +42,7 @@ async def main(a) -> list[dict]:
     from tqdm.auto import tqdm
 
     chosen = [WORKLOADS[w] for w in (a.workloads or WORKLOADS)]
-    cap = a.max_new if a.max_new is not None else (8 if a.small else None)
+    cap = a.max_new if a.max_new is not None else (4 if a.small else None)
     base = sgagent.Engine(a.model, kv_cache_bytes=1 << 30)
     systems = Systems(base, [s for s in a.systems.split(",") if s])
     where = machine()
