@@ -236,6 +236,59 @@ async def test_a_call_that_lost_its_kv_does_not_drop_the_pins_of_others(tiny_mod
         await e.aclose()
 
 
+
+async def newcomer_beside_running_work(path, **cfg) -> tuple[bool, int | None]:
+    """A program ends having grown by ~100 tokens; program R is pinned; while a plain request decodes, newcomer
+    N's first call arrives. Whether N ran beside the plain request, and the growth the engine expected."""
+    tokens = sgagent.Engine(str(path), kv_pages=8, page_size=4).tokenizer.encode
+    pages = lambda text: -(-len(tokens(text)) // 4)
+    plain, first_n, r_text = "A plain request that decodes for a while.", "N starts short.", SYSTEM + " Program R."
+    observation = " Observation: " + " ".join(WORDS * 5)
+    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32", max_batch_tokens=4096, **cfg)
+    try:
+        with calling("grower"):
+            r = await e.generate("G starts.", max_tokens=2, temperature=0, ignore_eos=True)
+            await asyncio.sleep(1.0)  # its tool: R's pin, made with no wait of its own, lives 2x this
+            await e.generate("G starts." + r.text + observation, max_tokens=2, temperature=0, ignore_eos=True)
+        e.end_program("grower")
+        with calling("R"):
+            await e.generate(r_text, max_tokens=2, temperature=0, ignore_eos=True)
+        together, after = [], e.scheduler.after_step
+
+        def watch(plan):
+            after(plan)
+            together.append(len(e.scheduler.running) > 1)
+
+        e.scheduler.after_step = watch
+        running = asyncio.ensure_future(e.generate(plain, max_tokens=48, temperature=0, ignore_eos=True))
+        while not e.scheduler.running:
+            await asyncio.sleep(0.001)
+        growth = e.scheduler.programs.expected_growth()
+        room = e.runner.pool.num_free + e.scheduler.tree.evictable_pages
+        need = pages(first_n) + 1
+        assert need + 8 <= room, (need, room)  # N fits beside the plain request with room to spare
+        if growth is not None:
+            assert growth >= 100 and room < need + 2 * -(-growth // 4), (growth, room)  # not with two programs' growth
+        with calling("N"):
+            n = asyncio.ensure_future(e.generate(first_n, max_tokens=2, temperature=0, ignore_eos=True))
+        await running
+        await n  # once nothing else runs it goes whatever the room
+        for pid in "RN":
+            e.end_program(pid)
+        await settle(e)
+        assert_released(e)
+        return any(together), growth
+    finally:
+        await e.aclose()
+
+
+async def test_a_newcomer_waits_for_room_to_grow_beside_the_resident_programs(tiny_models):
+    path, _ = tiny_models["llama"]
+    beside, growth = await newcomer_beside_running_work(path)
+    assert growth is not None and not beside  # room for its growth and R's was not there: it waited
+    beside, _ = await newcomer_beside_running_work(path, program_scheduling=False)
+    assert beside  # today's policy admits it at once
+
 # -- pressure and policy -------------------------------------------------------------------------
 @sgagent.program
 async def react(s, i: int, steps: int, delay_seed: int):

@@ -23,6 +23,8 @@ _order = itertools.count()
 # a first wait has no history of its own: the median of recent waits of all programs, or this before any
 DEFAULT_WAIT_S = 1.0
 RECENT_WAITS = 256
+# how much recent programs grew their context over their lives: the expected growth of a program still running
+RECENT_PROGRAMS = 64
 # a program that nobody ends (an agent's per-message state) is forgotten after this long without a call
 FORGET_IDLE_S = 300.0
 SWEEP_EVERY = 256
@@ -58,6 +60,12 @@ class Program:
     in_flight: int = 0
     idle_since: float | None = None  # when its last request in flight ended
     waits: list[float] = field(default_factory=list)
+    first: int = 0  # prompt tokens of its first call
+    peak: int = 0  # the longest sequence (prompt + output) one of its calls has reached
+
+    @property
+    def grown(self) -> int:
+        return max(0, self.peak - self.first)
 
 
 class ProgramTable:
@@ -65,6 +73,7 @@ class ProgramTable:
         self.clock = clock
         self.programs: dict[str, Program] = {}
         self.recent_waits: deque[float] = deque(maxlen=RECENT_WAITS)
+        self.recent_growth: deque[int] = deque(maxlen=RECENT_PROGRAMS)
         self._calls = 0
 
     def begin_call(self, call: ProgramCall) -> Program:
@@ -100,7 +109,15 @@ class ProgramTable:
         return self.programs.get(p.id) is p
 
     def end(self, program_id: str) -> Program | None:
-        return self.programs.pop(program_id, None)
+        p = self.programs.pop(program_id, None)
+        if p is not None and p.calls:
+            self.recent_growth.append(p.grown)
+        return p
+
+    def expected_growth(self) -> int | None:
+        """Tokens a program adds to its context over its life (past its first prompt), as recent programs did;
+        None before any has ended."""
+        return int(statistics.median(self.recent_growth)) if self.recent_growth else None
 
     def expected_wait(self, p: Program) -> float:
         """How long this program's next wait may last: its longest so far, else what programs wait lately."""

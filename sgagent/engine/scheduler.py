@@ -8,6 +8,8 @@ Program-aware (EngineConfig.program_scheduling): the waiting queue is ordered by
 of a program that has had a call served goes before a newcomer's first, and among those the program with the
 least attained service (in log2 levels, as Autellix's PLAS discretises it) and then the oldest goes first; the
 cached-prefix order holds within that, and a request skipped `starvation_steps` times goes first whatever it is.
+Once programs have ended, a newcomer's first call is admitted only where the pool leaves room for the contexts of
+the programs already resident to grow as ended programs' did, and its own too (admission by expected growth).
 """
 
 from __future__ import annotations
@@ -118,8 +120,10 @@ class Scheduler:
 
     # -- queue ---------------------------------------------------------------------------------
     def add(self, req: Req) -> None:
-        if self.retention is not None and req.program is not None:
-            self.retention.arrived(req.program, req.path)
+        if req.program is not None:
+            req.program.first = req.program.first or len(req.prompt_ids)
+            if self.retention is not None:
+                self.retention.arrived(req.program, req.path)
         self.waiting.append(req)
 
     def has_work(self) -> bool:
@@ -128,6 +132,8 @@ class Scheduler:
     def drop(self, req: Req, retain: bool = False) -> None:
         """Take a request out (finished or aborted) and give back what it holds. retain: it finished and its
         program goes on, so its path stays pinned while the program waits (retention.py)."""
+        if req.program is not None:
+            req.program.peak = max(req.program.peak, len(req.tokens))
         if req in self.waiting:
             self.waiting.remove(req)
         elif req in self.running:
@@ -141,6 +147,17 @@ class Scheduler:
     # -- pages ---------------------------------------------------------------------------------
     def _pages_for(self, n_tokens: int) -> int:
         return (n_tokens + self.ps - 1) // self.ps
+
+    def _room(self) -> int:
+        """Pages free or held only by unpinned cache."""
+        return self.pool.num_free + (self.tree.evictable_pages if self.tree is not None else 0)
+
+    def _resident(self) -> set[Program]:
+        """Programs whose KV is in the pool for them: running, or pinned while they wait."""
+        out = {r.program for r in self.running if r.program is not None}
+        if self.retention is not None:
+            out.update(pin.program for pin in self.retention.pins.values())
+        return out
 
     def _make_room(self, need: int, drop_pins: bool = True) -> bool:
         """need free pages, evicting unheld cache; and dropping pins first if that is not enough and allowed."""
@@ -257,7 +274,13 @@ class Scheduler:
     def _admit(self, plan: StepPlan, budget: int) -> None:
         ends = {id(it.req): it.seq.kv_len for it in plan.items}  # how far this step takes each planned request
         sharing = [r for r in self.running if r.num_computed < len(r.prompt_ids)]
-        held_back = False  # a program's call waits for room that pins hold
+        # newcomers wait: a program's call is held back by pins, or the room left is what the resident programs
+        # are expected to grow into (their contexts grow by each call's output and what the program adds)
+        held_back = False
+        growth = self.programs.expected_growth() if self.cfg.program_scheduling else None
+        if growth is not None:
+            resident = self._resident()
+            reserve = sum(self._pages_for(max(0, growth - p.grown)) for p in resident)
         for req in self._order():
             if budget <= 0 or len(self.running) >= self.cfg.max_running_requests:
                 break
@@ -293,6 +316,16 @@ class Scheduler:
             # step that would otherwise run nothing drop them too.
             drop_pins = (starving or not (self.running or plan)
                          or (continuing and 2 * start >= len(req.tokens)))
+            # a newcomer's first call comes in only with room to grow as programs lately did, beside the growth
+            # of the programs resident: admitted into less, it and they compute their contexts again later
+            newcomer = (growth is not None and not continuing and req.program is not None
+                        and req.program not in resident)
+            if (newcomer and not starving and (self.running or plan)
+                    and need + self._pages_for(growth) + reserve > self._room()):
+                if node is not None:
+                    self.tree.unlock(node)
+                held_back = True
+                continue
             if not self._make_room(need, drop_pins):
                 if node is not None:
                     self.tree.unlock(node)
@@ -312,6 +345,9 @@ class Scheduler:
                 self.copied_tokens += min(copied, max(0, len(req.prompt_ids) - matched))
             if self.retention is not None and req.program is not None:
                 self.retention.resume(req.program, req.path, start)
+            if newcomer:
+                resident.add(req.program)
+                reserve += self._pages_for(growth)
             self.waiting.remove(req)
             self.running.append(req)
             plan.add(req, n, start)
