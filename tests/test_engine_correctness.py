@@ -9,6 +9,7 @@ import torch
 import sgagent
 from sgagent.engine.scheduler import Req, StepPlan
 from sgagent.engine.request import SamplingParams
+from sgagent.errors import InvalidSamplingParamsError
 from conftest import hf_greedy, hf_logprobs
 
 PROMPTS = [
@@ -66,6 +67,31 @@ async def test_chat_messages_and_logprobs_match(engine, hf_model):
     ref = hf_logprobs(hf_model, ids, r.token_ids)
     assert r.logprobs == pytest.approx(ref, abs=1e-3)
 
+
+
+async def test_top_logprobs_match_transformers_log_softmax(engine, hf_model):
+    # k = 1..5 in one batch (one topk over the step's rows), one of them sampling: the alternatives are the
+    # model's distribution at each position, whatever the sampling settings
+    prompt = "The three primary colours are"
+    ids = engine.tokenizer.encode(prompt)
+    kws = [dict(temperature=0)] * 4 + [dict(temperature=0.8, top_k=20, seed=3)]
+    rs = await asyncio.gather(*(engine.generate(prompt, max_tokens=8, ignore_eos=True, top_logprobs=k, **kw)
+                                for k, kw in zip(range(1, 6), kws)))
+    for k, r in zip(range(1, 6), rs):
+        assert len(r.top_logprobs) == len(r.logprobs) == len(r.token_ids) == 8
+        with torch.no_grad():
+            lsm = hf_model(torch.tensor([ids + r.token_ids])).logits[0].float().log_softmax(-1)
+        for i, (alts, tok, lp) in enumerate(zip(r.top_logprobs, r.token_ids, r.logprobs)):
+            ref_vals, ref_ids = lsm[len(ids) - 1 + i].topk(k)
+            assert [t for t, _ in alts] == ref_ids.tolist(), (k, i)
+            assert [v for _, v in alts] == pytest.approx(ref_vals.tolist(), abs=1e-3)
+            assert lp == pytest.approx(float(lsm[len(ids) - 1 + i, tok]), abs=1e-3)
+            if kws[k - 1]["temperature"] == 0:
+                assert alts[0][0] == tok  # greedy picks the most likely
+    plain = await engine.generate(prompt, max_tokens=2, temperature=0)
+    assert plain.top_logprobs is None and plain.logprobs is None
+    with pytest.raises(InvalidSamplingParamsError, match="top_logprobs"):
+        await engine.generate(prompt, max_tokens=2, top_logprobs=21)
 
 async def test_batch_of_mixed_lengths_equals_each_alone(engine):
     alone = [await engine.generate(p, max_tokens=24, temperature=0.0) for p in PROMPTS]

@@ -57,6 +57,26 @@ async def test_chat_completion_equals_the_engine_with_usage_and_logprobs(live, c
     assert all(t.logprob <= 0 for t in choice.logprobs.content)
 
 
+
+async def test_top_logprobs_on_chat_and_completions_are_the_engines(client, engine):
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    r = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                             logprobs=True, top_logprobs=3)
+    ref = await engine.generate(messages=messages, max_tokens=6, temperature=0, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == len(ref.token_ids)
+    for entry, alts in zip(content, ref.top_logprobs):
+        assert [a.token for a in entry.top_logprobs] == [engine.tokenizer.decode([t]) for t, _ in alts]
+        assert [a.logprob for a in entry.top_logprobs] == pytest.approx([v for _, v in alts], abs=1e-5)
+        assert entry.token == entry.top_logprobs[0].token  # greedy
+    r = await client.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens) == 4
+    for tok, chosen, alts in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(alts) <= 2 and alts[tok] == pytest.approx(chosen) and chosen == max(alts.values())
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, top_logprobs=2)
+
 async def test_streaming_chat_matches_the_whole_answer(client):
     kw = dict(model=MODEL, messages=[{"role": "user", "content": "Count from one to five."}], max_tokens=20,
               temperature=0)

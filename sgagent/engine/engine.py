@@ -319,6 +319,7 @@ class Engine(Prompting):
                     self._finish(req, "length")  # max_tokens=0: prefill / scoring only
                 continue
             token, lp = out.tokens[k], out.logprobs[k]
+            top = out.top[k] if out.top is not None else None
             k += 1
             if req.finished:
                 continue
@@ -327,6 +328,8 @@ class Engine(Prompting):
             req.tokens.append(token)
             if lp is not None:
                 req.token_logprobs.append(lp)
+            if top is not None:
+                req.token_top_logprobs.append(top)
             self._after_token(req, token)
 
     def _after_token(self, req: Req, token: int) -> None:
@@ -380,6 +383,7 @@ class Engine(Prompting):
             usage=Usage(len(req.prompt_ids), req.cached_tokens or 0, len(out_ids)),
             finish_reason=reason,
             logprobs=req.token_logprobs if req.params.logprobs else None,
+            top_logprobs=req.token_top_logprobs if req.params.top_logprobs else None,
             prompt_logprobs=req.prompt_logprobs if req.logprob_start is not None else None,
             parsed=parsed,
             decode_steps=req.decode_steps,

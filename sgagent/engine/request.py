@@ -12,6 +12,7 @@ _ids = itertools.count()
 
 
 CONSTRAINT_KEYS = ("regex", "json_schema", "choices")
+MAX_TOP_LOGPROBS = 20  # as OpenAI
 
 
 def split_sampling(sampling: dict) -> tuple["SamplingParams", dict]:
@@ -34,6 +35,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0  # the n most likely tokens at each sampled step, with their log-probabilities (implies logprobs)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -49,10 +51,13 @@ class SamplingParams:
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0 (0 or -1 turns it off)"),
             (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.seed is None or isinstance(self.seed, int), "seed must be an int"),
+            (isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+             f"top_logprobs must be an int in 0..{MAX_TOP_LOGPROBS}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise InvalidSamplingParamsError(f"{msg} (got {self})")
+        self.logprobs = self.logprobs or self.top_logprobs > 0
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +79,8 @@ class GenerateResult:
     usage: Usage
     finish_reason: str  # "stop" | "length"
     logprobs: list[float] | None = None  # of each chosen token, when asked
+    # per sampled token, its top_logprobs most likely alternatives as (token id, logprob), most likely first
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     prompt_logprobs: list[float] | None = None  # of the prompt tokens from logprob_start on
     parsed: Any = None  # a constrained generation's parsed value (JSON schema)
     decode_steps: int = 0  # steps that sampled a token (jump-forward appends without one)

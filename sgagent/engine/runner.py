@@ -36,11 +36,22 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(flags)) and torch.backends.mkldnn.is_available()
 
 
+def _top(logprobs: torch.Tensor, ks: list[int]) -> list[list[tuple[int, float]] | None] | None:
+    """Each row's ks[i] most likely (token id, logprob), from one topk over the batch at the largest k."""
+    k = max(ks)
+    if not k:
+        return None
+    vals, ids = logprobs.topk(k, dim=-1)
+    vals, ids = vals.tolist(), ids.tolist()
+    return [list(zip(ids[i][:n], vals[i][:n])) if n else None for i, n in enumerate(ks)]
+
+
 @dataclass
 class StepOutput:
     tokens: list[int]  # one per sampling item, in plan order
     logprobs: list[float | None]
     prompt_logprobs: list[list[float]]  # one list per plan item
+    top: list[list[tuple[int, float]] | None] | None = None  # per sampling item, when one asked for top_logprobs
 
 
 class ModelRunner:
@@ -134,7 +145,7 @@ class ModelRunner:
             return StepOutput([], [], [[] for _ in plan.items])
         n = len(b.logit_rows)
         sampling = [it.req for it in plan.items if it.sample]
-        tokens, chosen = [], []
+        tokens, chosen, top = [], [], None
         if n:
             raw = logits[:n]
             masked = raw
@@ -144,8 +155,11 @@ class ModelRunner:
             tok = sample(masked, [r.params for r in sampling], [r.generator for r in sampling])
             tokens = tok.tolist()
             if any(r.params.logprobs for r in sampling):
-                lp = raw.log_softmax(-1).gather(1, tok[:, None])[:, 0].tolist()
+                # the model's distribution, before constraints mask it and sampling reshapes it
+                full = raw.log_softmax(-1)
+                lp = full.gather(1, tok[:, None])[:, 0].tolist()
                 chosen = [lp[i] if r.params.logprobs else None for i, r in enumerate(sampling)]
+                top = _top(full, [r.params.top_logprobs for r in sampling])
             else:
                 chosen = [None] * n
         prompt_lps = []
@@ -158,4 +172,4 @@ class ModelRunner:
                 k += len(it.lp_rows)
         else:
             prompt_lps = [[] for _ in plan.items]
-        return StepOutput(tokens, chosen, prompt_lps)
+        return StepOutput(tokens, chosen, prompt_lps, top)

@@ -47,6 +47,7 @@ class Req:
     skipped: int = 0
     prompt_logprobs: list[float] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
+    token_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     decode_steps: int = 0
     generator: object = None
     constraint: object = None  # a ConstraintState when the output is constrained

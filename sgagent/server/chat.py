@@ -27,11 +27,13 @@ def _usage(results) -> dict:
 def _logprobs(engine, r) -> dict | None:
     if isinstance(r, IncompleteGenerationError) or r.logprobs is None:
         return None
-    out = []
-    for tok, lp in zip(r.token_ids, r.logprobs):
+    def entry(tok: int, lp: float) -> dict:
         text = engine.tokenizer.decode([tok])
-        out.append({"token": text, "logprob": lp, "bytes": list(text.encode()), "top_logprobs": []})
-    return {"content": out}
+        return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+
+    tops = r.top_logprobs or [[]] * len(r.logprobs)
+    return {"content": [{**entry(tok, lp), "top_logprobs": [entry(t, v) for t, v in top]}
+                        for tok, lp, top in zip(r.token_ids, r.logprobs, tops)]}
 
 
 def _message(r, plan: ToolPlan | None) -> tuple[dict, str]:
@@ -49,9 +51,8 @@ def _message(r, plan: ToolPlan | None) -> tuple[dict, str]:
 
 
 async def chat_completions(engine, model: str, req: ChatCompletionRequest, request: Request, metrics):
-    if req.top_logprobs:
-        raise APIError(400, "top_logprobs is not supported: logprobs gives each chosen token's log-probability",
-                       param="top_logprobs")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
     messages = normalize_messages(req.messages)
     plan = ToolPlan.of(req)
     tools = None
@@ -69,7 +70,8 @@ async def chat_completions(engine, model: str, req: ChatCompletionRequest, reque
         raise APIError(400, f"the messages are {len(ids)} tokens; the context holds {engine.max_context}",
                        param="messages", code="context_length_exceeded")
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    kwargs = sampling_kwargs(req, min(limit, room) if limit is not None else room, logprobs=req.logprobs)
+    kwargs = sampling_kwargs(req, min(limit, room) if limit is not None else room, logprobs=req.logprobs,
+                            top_logprobs=req.top_logprobs or 0)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "created": created, "model": model}
     metrics.request("chat")

@@ -34,22 +34,26 @@ def _logprobs(engine, prompt_ids, r, start: int | None, echo: bool) -> dict:
         lps += [None] * (len(prompt_ids) - len(known)) + list(known)
     tokens += r.token_ids
     lps += r.logprobs or [None] * len(r.token_ids)
-    texts = [engine.tokenizer.decode([t]) for t in tokens]
+    decode = lambda t: engine.tokenizer.decode([t])
+    texts = [decode(t) for t in tokens]
     offsets, at = [], 0
     for t in texts:
         offsets.append(at)
         at += len(t)
-    return {"tokens": texts, "token_logprobs": lps, "top_logprobs": None, "text_offset": offsets}
+    top = None
+    if r.top_logprobs is not None:  # an echoed prompt's positions have none
+        top = [None] * (len(tokens) - len(r.top_logprobs)) + [{decode(t): v for t, v in alts}
+                                                               for alts in r.top_logprobs]
+    return {"tokens": texts, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}
 
 
 async def completions(engine, model: str, req: CompletionRequest, request: Request, metrics):
-    if req.logprobs is not None and req.logprobs > 1:
-        raise APIError(400, "logprobs above 1 (top alternatives) are not computed; use 0 or 1", param="logprobs")
     prompts = _prompts(engine, req.prompt)
     spec = constraint(req)
     want_lps = req.logprobs is not None
     start = req.logprob_start if req.logprob_start is not None else (1 if req.echo and want_lps else None)
-    kwargs = sampling_kwargs(req, req.max_tokens if req.max_tokens is not None else 16, logprobs=want_lps)
+    kwargs = sampling_kwargs(req, req.max_tokens if req.max_tokens is not None else 16, logprobs=want_lps,
+                             top_logprobs=req.logprobs or 0)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
     metrics.request("completions")
     jobs = [(p, branch_kwargs(kwargs, i)) for p in prompts for i in range(req.n)]

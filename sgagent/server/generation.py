@@ -12,12 +12,13 @@ from .errors import APIError
 from .protocol import ChatCompletionRequest, NamedToolChoice, Sampling
 
 
-def sampling_kwargs(req: Sampling, max_tokens: int, logprobs: bool = False) -> dict:
+def sampling_kwargs(req: Sampling, max_tokens: int, logprobs: bool = False, top_logprobs: int = 0) -> dict:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 8:
         raise APIError(400, "at most 8 stop sequences", param="stop")
     return dict(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0),
-                min_p=req.min_p, seed=req.seed, stop=stop, ignore_eos=req.ignore_eos, logprobs=logprobs)
+                min_p=req.min_p, seed=req.seed, stop=stop, ignore_eos=req.ignore_eos, logprobs=logprobs,
+                top_logprobs=top_logprobs)
 
 
 def constraint(req: Sampling, response_format=None) -> dict:
