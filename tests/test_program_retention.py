@@ -191,6 +191,21 @@ async def test_a_queued_call_keeps_its_pin_past_the_ttl(tiny_models):
         await e.aclose()
 
 
+async def plain_running(e: sgagent.Engine, plain: str) -> tuple[list[bool], asyncio.Future]:
+    """A plain request decoding 48 tokens, once it runs; and, per step from then on, whether others ran beside."""
+    together, after = [], e.scheduler.after_step
+
+    def watch(plan):
+        after(plan)
+        together.append(len(e.scheduler.running) > 1)
+
+    e.scheduler.after_step = watch
+    running = asyncio.ensure_future(e.generate(plain, max_tokens=48, temperature=0, ignore_eos=True))
+    while not e.scheduler.running:
+        await asyncio.sleep(0.001)
+    return together, running
+
+
 async def test_a_call_that_lost_its_kv_does_not_drop_the_pins_of_others(tiny_models):
     # it must compute its whole context again: taking other programs' pins for that would make them compute
     # theirs again too, and so on; it waits for room while other work runs
@@ -210,16 +225,7 @@ async def test_a_call_that_lost_its_kv_does_not_drop_the_pins_of_others(tiny_mod
             with calling(pid):
                 await e.generate(text, max_tokens=2, temperature=0, ignore_eos=True)
         assert e.stats()["pins"] == 3
-        together, after = [], e.scheduler.after_step
-
-        def watch(plan):
-            after(plan)
-            together.append(len(e.scheduler.running) > 1)
-
-        e.scheduler.after_step = watch
-        running = asyncio.ensure_future(e.generate(plain, max_tokens=48, temperature=0, ignore_eos=True))
-        while not e.scheduler.running:
-            await asyncio.sleep(0.001)
+        together, running = await plain_running(e, plain)
         room = e.runner.pool.num_free + e.scheduler.tree.evictable_pages
         assert room < pages(long_c), (room, pages(long_c))  # C fits only if it drops pins
         with calling("C"):
@@ -253,16 +259,7 @@ async def newcomer_beside_running_work(path, **cfg) -> tuple[bool, int | None]:
         e.end_program("grower")
         with calling("R"):
             await e.generate(r_text, max_tokens=2, temperature=0, ignore_eos=True)
-        together, after = [], e.scheduler.after_step
-
-        def watch(plan):
-            after(plan)
-            together.append(len(e.scheduler.running) > 1)
-
-        e.scheduler.after_step = watch
-        running = asyncio.ensure_future(e.generate(plain, max_tokens=48, temperature=0, ignore_eos=True))
-        while not e.scheduler.running:
-            await asyncio.sleep(0.001)
+        together, running = await plain_running(e, plain)
         growth = e.scheduler.programs.expected_growth()
         room = e.runner.pool.num_free + e.scheduler.tree.evictable_pages
         need = pages(first_n) + 1

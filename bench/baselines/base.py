@@ -76,9 +76,13 @@ class SerialBackend(ABC):
         self._count(sum(len(base) + len(c) for c in conts), cached, 0)
         return out
 
-    async def stream(self, prompt=None, *, messages=None, **sampling):
+    async def stream(self, prompt=None, *, messages=None, result: list | None = None, text: bool = False,
+                     **sampling):
+        """One piece: the whole text (or, with json_schema= and not text, the value), as the engines' stream."""
         r = await self.generate(prompt, messages=messages, **sampling)
-        yield r.text
+        if result is not None:
+            result.append(r)
+        yield r.parsed if sampling.get("json_schema") is not None and not text else r.text
 
     def _count(self, prompt: int, cached: int, completion: int) -> None:
         self.counters["requests"] += 1

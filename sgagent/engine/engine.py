@@ -25,6 +25,7 @@ from ..errors import (
 from ..log import get_logger
 from . import compute
 from .config import EngineConfig
+from .constrained.partial import text_or_values
 from .model.source import resolve
 from .output import OutputText
 from .programs import current_call
@@ -180,10 +181,17 @@ class Engine(Prompting):
             self.abort(req)
             raise
 
-    async def stream(self, prompt=None, *, messages=None, result: list | None = None,
-                     **sampling) -> AsyncIterator[str]:
+    def stream(self, prompt=None, *, messages=None, result: list | None = None, text: bool = False,
+               **sampling) -> AsyncIterator:
         """Yield text pieces as they are decoded; the GenerateResult (finish reason, usage) is appended to
-        `result` when given, since an async generator cannot return a value."""
+        `result` when given, since an async generator cannot return a value.
+
+        With json_schema= (and not text=True) it yields partial values instead, each a prefix-consistent view of
+        the final one (constrained/partial.py: dicts, or a pydantic model built from the fields complete so far),
+        and last the validated value itself."""
+        return text_or_values(self._stream, prompt, messages, result, text, sampling)
+
+    async def _stream(self, prompt, messages, result: list | None, sampling: dict) -> AsyncIterator[str]:
         req = await self._prepare(prompt, messages, sampling, stream=True)
         self._submit(req)
         try:

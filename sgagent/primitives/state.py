@@ -13,6 +13,7 @@ from .chat import ChatRenderer
 from .roles import Message
 
 SELECT_METHODS = ("normalized", "total")
+_END = object()
 
 
 class ProgramState:
@@ -133,23 +134,24 @@ class ProgramState:
                       cached_tokens=r.usage.cached_tokens, completion_tokens=r.usage.completion_tokens)
         return value
 
-    async def stream_gen(self, name: str | None = None, **sampling) -> AsyncIterator[str]:
-        """Like gen, yielding text as it is decoded; the state has the whole text once the loop ends."""
+    async def stream_gen(self, name: str | None = None, **sampling) -> AsyncIterator:
+        """Like gen, yielding text as it is decoded; the state has the whole text once the loop ends. With
+        json_schema= it yields partial values, then the validated one (Engine.stream), which the variable holds."""
         prompt = self.token_ids()
-        pieces = []
-        stream = self.engine.stream(prompt, **sampling)
+        done, last = [], None
+        stream = self.engine.stream(prompt, result=done, **sampling)
         try:
             with self._call():  # the request is made on the first step; later steps run in the caller's context
-                piece = await anext(stream, None)
-            while piece is not None:
-                pieces.append(piece)
-                yield piece
-                piece = await anext(stream, None)
+                item = await anext(stream, _END)
+            while item is not _END:
+                last = item
+                yield item
+                item = await anext(stream, _END)
         finally:
             await stream.aclose()
-        text = "".join(pieces)
+        text = done[0].text
         self._append_text(text)
-        self._set(name, text, {"streamed": True})
+        self._set(name, last if sampling.get("json_schema") is not None else text, {"streamed": True})
 
     async def select(self, name: str | None = None, choices: list[str] = (), method: str = "normalized") -> str:
         """Pick the choice the model finds most likely after the prompt; all scored in one batch.

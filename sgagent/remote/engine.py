@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from ..engine.constrained.compiler import _schema_dict, spec_to_regex
+from ..engine.constrained.partial import text_or_values
 from ..engine.model.source import resolve
 from ..engine.prompts import Prompting
 from ..engine.request import GenerateResult, SamplingParams, Usage, new_request_id, split_sampling
@@ -141,8 +142,12 @@ class RemoteEngine(Prompting):
                        ms=round(1000 * (time.perf_counter() - t0), 1))
         return r
 
-    async def stream(self, prompt=None, *, messages=None, result: list | None = None,
-                     **sampling) -> AsyncIterator[str]:
+    def stream(self, prompt=None, *, messages=None, result: list | None = None, text: bool = False,
+               **sampling) -> AsyncIterator:
+        """As Engine.stream: text pieces, or with json_schema= (and not text=True) partial values."""
+        return text_or_values(self._stream, prompt, messages, result, text, sampling)
+
+    async def _stream(self, prompt, messages, result: list | None, sampling: dict) -> AsyncIterator[str]:
         ids = self.tokenize(prompt, messages)
         body, p, finish = await self._body(ids, sampling)
         body.update(stream=True, stream_options={"include_usage": True})

@@ -50,7 +50,7 @@ async def engine_stream(engine, ids: list[int], kwargs: dict, spec: dict, i: int
     """("text", i, piece) items, then ("end", i, GenerateResult or IncompleteGenerationError)."""
     result: list = []
     try:
-        async for piece in engine.stream(ids, result=result, **kwargs, **spec):
+        async for piece in engine.stream(ids, result=result, text=True, **kwargs, **spec):
             yield ("text", i, piece)
     except IncompleteGenerationError as e:
         yield ("end", i, e)
