@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sgagent.engine.constrained.compiler import ConstraintCompiler
-from sgagent.engine.constrained.fsm import CompiledConstraint
+from sgagent.engine.constrained.grammar import CompiledGrammar
 from sgagent.errors import ConstraintError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsonschema"
@@ -42,26 +42,60 @@ class SchemaResult:
     valid_accepted: int = 0
     invalid: int = 0
     invalid_rejected: int = 0
+    backend: str = ""
+    validated_after: bool = False  # compiled with keywords only the check after generation enforces
     unsound: list = field(default_factory=list)
 
 
-def _order_like_schema(data, schema, defs):
-    """Serialize like the FSM emits: object keys in the order the schema lists its properties."""
-    if isinstance(schema, dict) and "$ref" in schema:
-        ref = schema["$ref"].split("/")[-1]
-        schema = defs.get(ref, schema)
-    if isinstance(data, dict) and isinstance(schema, dict):
-        props = schema.get("properties", {})
+def _resolve(schema, root):
+    """Follow local $refs (JSON pointers into the root schema)."""
+    seen = 0
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#") and seen < 32:
+        target = root
+        for part in schema["$ref"][1:].split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            break
+        schema, seen = target, seen + 1
+    return schema if isinstance(schema, dict) else {}
+
+
+def _properties(schema, root) -> dict:
+    """The properties an object schema lists, in order, with those its allOf members add."""
+    schema = _resolve(schema, root)
+    props = dict(schema.get("properties") or {})
+    for sub in schema.get("allOf") or []:
+        for k, v in _properties(sub, root).items():
+            props.setdefault(k, v)
+    return props
+
+
+def _order_like_schema(data, schema, root):
+    """Serialize like the grammars emit: object keys in the order the schema lists its properties (through
+    $ref and allOf, and the anyOf/oneOf branch that names the keys), any others after them."""
+    schema = _resolve(schema, root)
+    if isinstance(data, dict):
+        props = _properties(schema, root)
+        for branch in (schema.get("anyOf") or []) + (schema.get("oneOf") or []):
+            bp = _properties(branch, root)
+            if set(data) & set(bp) and set(data) <= set(props) | set(bp):
+                props = {**props, **{k: v for k, v in bp.items() if k not in props}}
+                break
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
         keys = [k for k in props if k in data] + [k for k in data if k not in props]
-        return {k: _order_like_schema(data[k], props.get(k, {}), defs) for k in keys}
-    if isinstance(data, list) and isinstance(schema, dict) and isinstance(schema.get("items"), dict):
-        return [_order_like_schema(x, schema["items"], defs) for x in data]
+        return {k: _order_like_schema(data[k], props.get(k, extra), root) for k in keys}
+    if isinstance(data, list):
+        items = schema.get("items")
+        prefix = schema.get("prefixItems") or (items if isinstance(items, list) else [])
+        rest = items if isinstance(items, dict) else {}
+        return [_order_like_schema(x, prefix[i] if i < len(prefix) else rest, root) for i, x in enumerate(data)]
     return data
 
 
-def accepts(c: CompiledConstraint, text: str) -> bool:
-    state = c.walk(c.index.get_initial_state(), c.vocab.encode(text))
-    return state is not None and c.index.is_final_state(state)
+def accepts(c, text: str) -> bool:
+    """Whether a compiled constraint (either backend's) takes the text, tokenized as the model would."""
+    return c.accepts(c.vocab.encode(text))
 
 
 async def run_one(compiler: ConstraintCompiler, path: Path) -> SchemaResult:
@@ -70,18 +104,19 @@ async def run_one(compiler: ConstraintCompiler, path: Path) -> SchemaResult:
     schema = doc["schema"]
     t0 = time.perf_counter()
     try:
-        kind, regex, _ = compiler.spec_to_regex({"json_schema": schema})
-        c = await compiler.compiled(kind, regex)
+        c, _ = await compiler.constraint_for({"json_schema": schema})
         res.compiled = True
+        res.backend = "llguidance" if isinstance(c, CompiledGrammar) else "outlines"
+        res.validated_after = bool(getattr(c, "unenforced", None))
     except (ConstraintError, ValueError, RecursionError) as e:
         res.error = type(e).__name__ + ": " + str(e).split("\n")[0][:120]
     res.seconds = time.perf_counter() - t0
     if not res.compiled:
         return res
-    defs = {**schema.get("$defs", {}), **schema.get("definitions", {})} if isinstance(schema, dict) else {}
     for case in doc.get("tests", []):
         data = case["data"]
-        text = json.dumps(_order_like_schema(data, schema, defs), separators=(",", ":"), ensure_ascii=False)
+        root = schema if isinstance(schema, dict) else {}
+        text = json.dumps(_order_like_schema(data, schema, root), separators=(",", ":"), ensure_ascii=False)
         ok = accepts(c, text)
         if case["valid"]:
             res.valid += 1

@@ -30,7 +30,7 @@ class RequestAbortedError(SgagentError, RuntimeError):
 
 
 class ConstraintError(SgagentError, ValueError):
-    """A constraint (regex, JSON schema, choices) cannot be compiled."""
+    """A constraint (regex, JSON schema, choices, grammar) cannot be compiled."""
 
 
 class InvalidRegexError(ConstraintError):
@@ -39,6 +39,10 @@ class InvalidRegexError(ConstraintError):
 
 class UnsupportedSchemaError(ConstraintError):
     pass
+
+
+class InvalidGrammarError(ConstraintError):
+    """A Lark grammar given to gen(grammar=...) does not parse or cannot be compiled."""
 
 
 class IncompleteGenerationError(SgagentError, RuntimeError):

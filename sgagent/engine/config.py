@@ -47,6 +47,16 @@ class EngineConfig:
     # KV pinned until its next call, its end or a TTL from its past waits; pins are soft (retention.py)
     kv_retention: bool = True
     jump_forward: bool = True
+    # "auto": JSON schemas and grammars on llguidance (a schema it refuses falls back to outlines-core), regexes
+    # and choices on outlines-core; "outlines" or "llguidance": everything on that one (grammars need llguidance)
+    constraint_backend: str = "auto"
+    # keywords llguidance cannot enforce (not, uniqueItems, contains, dependencies, unknown formats, oneOf's
+    # exclusivity): "validate" compiles the rest and checks the output after (SchemaViolationError), "refuse"
+    # fails the call with UnsupportedSchemaError naming the keyword and where it is in the schema
+    constraint_unenforced: str = "validate"
+    # an object schema that lists its properties and says nothing of others gets no others (schema_forms.py), as
+    # XGrammar's strict mode in SGLang and vLLM; False: what JSON Schema allows (unlisted keys the model invents)
+    constraint_closed_objects: bool = True
     constraint_cache_size: int = 256  # compiled indexes kept (LRU), at most...
     constraint_cache_bytes: int = 256 << 20  # ...this many bytes of them (serialized size)
     constraint_compile_timeout: float = 60.0  # seconds before a compile fails with ConstraintError

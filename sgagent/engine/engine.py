@@ -217,7 +217,8 @@ class Engine(Prompting):
         if self._constraints is None and build:
             from .constrained import ConstraintCompiler
 
-            self._constraints = ConstraintCompiler(self.tokenizer, self.eos_ids, self.config)
+            self._constraints = ConstraintCompiler(self.tokenizer, self.eos_ids, self.config,
+                                                   vocab_size=self.model_config.vocab_size)
         return self._constraints
 
     def _same_constraint_config(self, other: "Engine") -> bool:

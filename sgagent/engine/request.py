@@ -11,13 +11,13 @@ from ..errors import InvalidSamplingParamsError
 _ids = itertools.count()
 
 
-CONSTRAINT_KEYS = ("regex", "json_schema", "choices")
+CONSTRAINT_KEYS = ("regex", "json_schema", "choices", "grammar")
 MAX_TOP_LOGPROBS = 20  # as OpenAI
 
 
 def split_sampling(sampling: dict) -> tuple["SamplingParams", dict]:
     """Sampling keywords as SamplingParams, and the constraint among them ({} for none, else one of
-    regex / json_schema / choices); keywords given as None count as absent."""
+    regex / json_schema / choices / grammar); keywords given as None count as absent."""
     rest = {k: v for k, v in sampling.items() if k not in CONSTRAINT_KEYS}
     spec = {k: sampling[k] for k in CONSTRAINT_KEYS if sampling.get(k) is not None}
     return SamplingParams(**rest), spec

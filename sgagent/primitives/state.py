@@ -120,13 +120,16 @@ class ProgramState:
     # -- primitives ----------------------------------------------------------------------------
     async def gen(self, name: str | None = None, *, max_tokens: int = 128, stop=None, temperature: float = 1.0,
                   top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
-                  regex: str | None = None, json_schema=None, choices: list[str] | None = None, **extra):
-        """Generate at the end of the prompt; the text is appended and stored under `name`."""
+                  regex: str | None = None, json_schema=None, choices: list[str] | None = None,
+                  grammar: str | None = None, **extra):
+        """Generate at the end of the prompt; the text is appended and stored under `name`. At most one
+        constraint: regex, json_schema (the variable holds the parsed value), choices, or a Lark/GBNF grammar."""
         prompt = self.token_ids()
         with self._call():
             r = await self.engine.generate(
                 prompt, max_tokens=max_tokens, stop=stop or [], temperature=temperature, top_p=top_p, top_k=top_k,
-                min_p=min_p, seed=seed, regex=regex, json_schema=json_schema, choices=choices, **extra)
+                min_p=min_p, seed=seed, regex=regex, json_schema=json_schema, choices=choices, grammar=grammar,
+                **extra)
         self._append_text(r.text)
         value = r.parsed if json_schema is not None else r.text
         self._set(name, value, {"request_id": r.request_id, "usage": r.usage, "finish_reason": r.finish_reason})

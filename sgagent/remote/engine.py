@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from ..engine.constrained.compiler import _schema_dict, spec_to_regex
+from ..engine.constrained.compiler import parse_spec
 from ..engine.constrained.partial import text_or_values
 from ..engine.model.source import resolve
 from ..engine.prompts import Prompting
@@ -73,16 +73,17 @@ class RemoteEngine(Prompting):
         """(fields for the request body, the local check of the output)."""
         if not spec:
             return {}, None
-        kind, regex, finish = spec_to_regex(spec)
+        kind, value, finish = parse_spec(spec)  # the regex, the schema dict or the grammar text
         if self.dialect == "plain":
             raise ConstraintError(f"this endpoint takes no {kind} constraint (it is not SGLang, vLLM or sgagent)")
         if kind == "json_schema":
-            schema, _ = _schema_dict(spec["json_schema"])
-            body = {"json_schema": json.dumps(schema)} if self.dialect == "sglang" else {"guided_json": schema}
+            body = {"json_schema": json.dumps(value)} if self.dialect == "sglang" else {"guided_json": value}
+        elif kind == "grammar":
+            body = {"ebnf": value} if self.dialect == "sglang" else {"guided_grammar": value}
         elif kind == "choices" and self.dialect == "vllm":
             body = {"guided_choice": [str(c) for c in spec["choices"]]}
         else:
-            body = {"regex": regex} if self.dialect == "sglang" else {"guided_regex": regex}
+            body = {"regex": value} if self.dialect == "sglang" else {"guided_regex": value}
         return body, finish
 
     async def _body(self, ids: list[int], sampling: dict) -> tuple[dict, SamplingParams, object]:

@@ -34,6 +34,9 @@ def constraint(req: Sampling, response_format=None) -> dict:
         found["regex"] = {"regex": req.regex if req.regex is not None else req.guided_regex}
     if req.guided_choice is not None:
         found["guided_choice"] = {"choices": req.guided_choice}
+    for field in ("ebnf", "guided_grammar"):
+        if getattr(req, field) is not None:
+            found[field] = {"grammar": getattr(req, field)}
     for field in ("guided_json", "json_schema"):
         value = getattr(req, field)
         if value is not None:

@@ -33,6 +33,8 @@ class Sampling(_Body):
     guided_choice: list[str] | None = None
     guided_json: dict | str | None = None
     json_schema: dict | str | None = None  # SGLang's name (a JSON string there)
+    ebnf: str | None = None  # SGLang's grammar field (GBNF; Lark is taken too)
+    guided_grammar: str | None = None  # vLLM's
 
 
 class JSONSchemaFormat(_Body):

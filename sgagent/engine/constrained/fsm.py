@@ -35,6 +35,10 @@ class CompiledConstraint:
                 return None
         return state
 
+    def accepts(self, tokens: list[int]) -> bool:
+        state = self.walk(self.index.get_initial_state(), tokens)
+        return state is not None and self.index.is_final_state(state)
+
     def only_eos_left(self, state: int) -> bool:
         if state not in self._done:
             allowed = self.index.get_allowed_tokens(state)

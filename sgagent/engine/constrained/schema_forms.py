@@ -44,3 +44,58 @@ def fix_schema_forms(schema):
             # definitions are reached through $ref, a nested position
             out[key] = {name: _sub(s) for name, s in out[key].items()}
     return out
+
+
+_OPEN = ("additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "$ref",
+         "if", "dependentSchemas", "dependencies")
+
+
+def close_objects(schema):
+    """A copy of schema where an object that lists its properties and says nothing of others takes no others.
+
+    JSON Schema allows unlisted keys there, and a small model given the choice goes on inventing them; the
+    engine emits the listed ones only, as outlines-core and XGrammar's strict mode do. Left open: objects whose
+    keys other keywords may extend (composition, $ref, pattern properties), that require a key they do not
+    list, and members of an allOf (directly, through a $ref, or as the branches of one), which would then refuse
+    each other's keys.
+    Outputs are still validated against the original schema.
+    """
+    return _close(schema, False, _all_of_refs(schema, set()), "#")
+
+
+def _all_of_refs(node, found: set) -> set:
+    if isinstance(node, dict):
+        keys = ("allOf", "anyOf", "oneOf") if "properties" in node else ("allOf",)
+        for member in (m for k in keys if isinstance(node.get(k), list) for m in node[k]):
+            if isinstance(member, dict) and isinstance(member.get("$ref"), str):
+                found.add(member["$ref"])
+        for v in node.values():
+            _all_of_refs(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _all_of_refs(v, found)
+    return found
+
+
+def _close(schema, inside_all_of: bool, shared: set, path: str):
+    if isinstance(schema, list):
+        return [_close(s, inside_all_of, shared, f"{path}/{i}") for i, s in enumerate(schema)]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas") and isinstance(value, dict):
+            out[key] = {name: _close(s, f"{path}/{key}/{name}" in shared, shared, f"{path}/{key}/{name}")
+                        for name, s in value.items()}
+        elif key in ("enum", "const", "default", "examples", "required"):
+            out[key] = value
+        else:
+            # a branch of a combined object sees its siblings' keys too: left open like an allOf member
+            combined = key == "allOf" or (key in ("anyOf", "oneOf", "then", "else", "not")
+                                          and (inside_all_of or "properties" in schema))
+            out[key] = _close(value, combined, shared, f"{path}/{key}")
+    props = out.get("properties")
+    if (isinstance(props, dict) and not inside_all_of and not any(k in out for k in _OPEN)
+            and set(out.get("required") or []) <= set(props)):
+        out["additionalProperties"] = False
+    return out

@@ -1,0 +1,115 @@
+"""The llguidance backend: JSON schemas and Lark grammars as a lexer + Earley parser whose masks are computed
+on demand, step by step, over the token trie.
+
+Why a second backend: outlines-core builds the whole token-level automaton before the first token (seconds to
+minutes and GBs for a large schema, and 80% of ../shared's schemas at all); llguidance compiles the same
+schemas in milliseconds (99% of them) and pays per step instead. outlines-core keeps regexes and choices: an
+index built once makes each later mask a table lookup, and user regexes are small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from llguidance import LLMatcher, LLTokenizer
+from llguidance.gbnf_to_lark import any_to_lark
+
+from ...errors import ConstraintError
+from .schema_forms import close_objects
+from .vocab import TokenVocab
+
+# compact JSON, as the outlines path emits: keys and punctuation are forced (jump-forward)
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+# what lenient compiling leaves to the validation after generation, by the warning llguidance gives
+_UNENFORCED_MARKS = ("Unimplemented keys", "oneOf", "Unknown format", "only supported when")
+
+
+def llg_tokenizer(tokenizer, eos_ids, vocab_size: int) -> LLTokenizer:
+    """llguidance's view of the tokenizer, sized to the model's logits (a padded vocabulary's extra ids are never allowed)."""
+    import llguidance.hf
+
+    eos = sorted({*eos_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+    return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos or None)
+
+
+def is_unenforced(message: str) -> bool:
+    """Whether llguidance refused a schema only for keywords a lenient compile would leave unchecked."""
+    return any(m in message for m in _UNENFORCED_MARKS)
+
+
+def grammar_for(kind: str, value: str | dict, lenient: bool = False, closed: bool = True) -> str:
+    if kind == "json_schema":
+        opts = {**JSON_OPTIONS, **({"lenient": True, "coerce_one_of": True} if lenient else {})}
+        return LLMatcher.grammar_from_json_schema(close_objects(value) if closed else value, overrides=opts)
+    if kind == "grammar":
+        # Lark as llguidance writes it, or GBNF (llama.cpp's, SGLang's ebnf=) translated to it
+        try:
+            return LLMatcher.grammar_from_lark(any_to_lark(value))
+        except Exception as e:  # the GBNF translator raises plain exceptions on what it cannot read
+            raise ValueError(f"not a Lark or GBNF grammar: {e}") from e
+    if kind == "regex":
+        return LLMatcher.grammar_from_regex(value)
+    raise ConstraintError(f"no llguidance grammar for {kind!r}")
+
+
+class CompiledGrammar:
+    """A checked grammar, shared by every request that asks for it; each request walks its own copy."""
+
+    def __init__(self, kind: str, key: str, template: LLMatcher, vocab: TokenVocab, unenforced: list[str]):
+        self.kind = kind
+        self.regex = key  # the cache key, as CompiledConstraint names it
+        self.template = template
+        self.vocab = vocab
+        self.unenforced = unenforced  # llguidance's warnings: keywords only the validation after generation checks
+        self.nbytes = len(key)
+
+    def matcher(self) -> LLMatcher:
+        return self.template.deep_copy()
+
+    def accepts(self, tokens: list[int]) -> bool:
+        m = self.matcher()
+        return m.consume_tokens(tokens) and m.is_accepting()
+
+
+def compile_grammar(tokenizer: LLTokenizer, kind: str, key: str, grammar: str, vocab: TokenVocab,
+                    lenient: bool) -> CompiledGrammar:
+    """Builds the matcher (drops the GIL; bounded by llguidance's own fuel limits); ValueError with its reason."""
+    m = LLMatcher(tokenizer, grammar, log_level=0)
+    if m.is_error():
+        raise ValueError(m.get_error().split("\n")[0])
+    warnings = m.get_grammar_warnings() if lenient else []
+    return CompiledGrammar(kind, key, m, vocab, warnings)
+
+
+class GrammarState:
+    """One request's walk through a CompiledGrammar; the same interface as fsm.ConstraintState."""
+
+    def __init__(self, compiled: CompiledGrammar, finish: Callable):
+        self.c = compiled
+        self.finish = finish
+        self.m = compiled.matcher()
+
+    def write_mask(self, row: torch.Tensor) -> None:
+        self.m.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+
+    def _forced(self, room: int) -> list[int]:
+        toks = self.m.compute_ff_tokens()[:room]
+        if toks and not self.m.consume_tokens(toks):
+            raise ConstraintError(f"the grammar refused its own forced tokens: {self.m.get_error()[:200]}")
+        return toks
+
+    def start(self, room: int) -> list[int]:
+        return self._forced(room)
+
+    def advance(self, token: int, jump: bool, room: int) -> list[int]:
+        if not self.m.consume_token(token):
+            # the mask allowed it, so this is llguidance's own limit (fuel, items) being hit mid-generation
+            raise ConstraintError(f"the grammar cannot continue: {self.m.get_error()[:200]}")
+        return [token] + self._forced(room) if jump else [token]
+
+    def is_done(self) -> bool:
+        return self.m.is_stopped()
+
+    def is_complete(self) -> bool:
+        return self.m.is_accepting()
