@@ -1,4 +1,5 @@
-"""Issue 5: mask overhead per token, index compile times over the schema folder, jump-forward on JSON extraction.
+"""Mask cost per step (batch 1 and 32) and JSON extraction with jump-forward on vs off, for both constraint
+backends (llguidance: the default for schemas; outlines-core), and compile times over the schema folder.
 
 python -m bench.constrained_decoding [--runs 3] [--small]
 """
@@ -6,6 +7,7 @@ python -m bench.constrained_decoding [--runs 3] [--small]
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 
@@ -36,26 +38,41 @@ def documents(n: int) -> list[str]:
     return out
 
 
-async def mask_overhead(engine, runs: int):
-    spec = {"json_schema": SCHEMA}
-    states = [await engine._constraint_state(spec) for _ in range(32)]
-    for st in states:  # move into a string body, the common case mid-generation
-        for t in st.start(room=64):
-            pass
+def answers(n: int) -> list[str]:
+    """The JSON each document's extraction should produce, as the engine emits it (compact, schema order)."""
+    out = []
+    for i in range(n):
+        name, age, city, job = PEOPLE[i % len(PEOPLE)]
+        out.append(json.dumps({"name": name, "age": age + i % 5, "city": city, "occupation": job,
+                               "email": f"{name.split()[0].lower()}{i}@mail.com", "status": "active"},
+                              separators=(",", ":")))
+    return out
+
+
+async def mask_overhead(engine, backend: str, runs: int):
+    """Mask time per step along real outputs: 32 requests each walking its own document's JSON, a mask for the
+    whole batch before every token, as the runner does; then the decode step it rides on."""
+    e = engine.with_config(constraint_backend=backend)
+    texts = [e.tokenizer.encode(t, add_special_tokens=False) for t in answers(32)]
     per_seq = {}
     for b in (1, 32):
-        logits = torch.randn(b, engine.model_config.vocab_size)
-        for _ in range(5):
-            apply_masks(logits.clone(), states[:b])
+        states = [await e._constraint_state({"json_schema": SCHEMA}) for _ in range(b)]
+        paths = []
+        for st, toks in zip(states, texts):
+            forced = st.start(room=64)
+            paths.append(toks[len(forced):] if toks[:len(forced)] == forced else None)
+        assert all(p is not None for p in paths), "the forced opening differs from the tokenized answer"
+        logits = torch.randn(b, e.model_config.vocab_size)
         samples = []
-        for _ in range(runs * 20):
+        for step in range(min(len(p) for p in paths)):
             x = logits.clone()
             t0 = time.perf_counter()
-            apply_masks(x, states[:b])
+            apply_masks(x, states)
             samples.append(time.perf_counter() - t0)
-        per_seq[b] = statistics.median(samples) / b
+            for st, p in zip(states, paths):
+                st.advance(p[step], jump=False, room=0)
+        per_seq[b] = statistics.median(samples[2:]) / b
     # the decode step it rides on: 32 unconstrained sequences decoding together
-    e = engine.with_config()
     s0 = e.stats()
     t0 = time.perf_counter()
     await asyncio.gather(*(e.generate(f"Story {i}:", max_tokens=24, ignore_eos=True, temperature=0) for i in range(32)))
@@ -63,8 +80,8 @@ async def mask_overhead(engine, runs: int):
     steps = e.stats()["steps"] - s0["steps"]
     await e.aclose()
     step = dt / steps
-    report("mask_overhead", us_per_seq_b1=per_seq[1] * 1e6, us_per_seq_b32=per_seq[32] * 1e6,
-           decode_step_ms_b32=step * 1e3, overhead_b32=per_seq[32] * 32 / step)
+    report("mask_overhead", backend=backend, us_per_seq_b1=per_seq[1] * 1e6, us_per_seq_b32=per_seq[32] * 1e6,
+           mask_ms_b32=per_seq[32] * 32 * 1e3, decode_step_ms_b32=step * 1e3, overhead_b32=per_seq[32] * 32 / step)
 
 
 async def compile_times(engine, limit: int | None):
@@ -78,12 +95,12 @@ async def compile_times(engine, limit: int | None):
     return rs
 
 
-async def extraction(engine, n: int, runs: int):
+async def extraction(engine, backend: str, n: int, runs: int):
     docs = documents(n)
     res = {}
     for jf in (True, False):
         async def once():
-            e = engine.with_config(jump_forward=jf)
+            e = engine.with_config(jump_forward=jf, constraint_backend=backend)
             try:
                 rs = await asyncio.gather(*(e.generate(
                     messages=[{"role": "user", "content": f"Extract as JSON: {d}"}], json_schema=SCHEMA,
@@ -94,13 +111,15 @@ async def extraction(engine, n: int, runs: int):
                 done = [r for r in rs if not isinstance(r, BaseException)]
                 # an incomplete one still decoded max_tokens steps: count them all
                 steps = sum(r.decode_steps for r in done) + 128 * (len(rs) - len(done))
-                return steps, e.stats()["steps"], len(rs) - len(done)
+                tokens = sum(len(r.token_ids) for r in done)
+                return steps, e.stats()["steps"], len(rs) - len(done), tokens
             finally:
                 await e.aclose()
 
         res[jf] = await timed(once, runs)
-    (t_on, (d_on, s_on, inc_on)), (t_off, (d_off, s_off, inc_off)) = res[True], res[False]
-    report("json_extraction_jump_forward", documents=n, incomplete_on=inc_on, incomplete_off=inc_off,
+    (t_on, (d_on, s_on, inc_on, tok_on)), (t_off, (d_off, s_off, inc_off, tok_off)) = res[True], res[False]
+    report("json_extraction_jump_forward", backend=backend, documents=n, incomplete_on=inc_on, incomplete_off=inc_off,
+           tokens_per_s_on=tok_on / t_on, tokens_per_s_off=tok_off / t_off,
            decode_tokens_on=d_on, decode_tokens_off=d_off,
            engine_steps_on=s_on, engine_steps_off=s_off, fewer_decode_steps=d_off / d_on,
            wall_on_s=t_on, wall_off_s=t_off, wall_ratio=t_off / t_on, runs=runs)
@@ -109,8 +128,9 @@ async def extraction(engine, n: int, runs: int):
 async def main(runs: int, small: bool) -> None:
     print(f"# constrained decoding on {machine()}")
     engine = sgagent.Engine(kv_cache_bytes=512 << 20, constraint_compile_timeout=20.0)
-    await mask_overhead(engine, runs)
-    await extraction(engine, 4 if small else 64, runs)
+    for backend in ("llguidance", "outlines"):
+        await mask_overhead(engine, backend, runs)
+        await extraction(engine, backend, 4 if small else 64, runs)
     # the whole folder's compile times and coverage table: python -m bench.schema_coverage
     await compile_times(engine, 8 if small else 60)
     await engine.aclose()

@@ -162,6 +162,13 @@ async def test_completions_regex_choice_and_echo_logprobs(client, engine):
     r = await client.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0,
                                         extra_body={"guided_choice": [" blue", " green"]})
     assert r.choices[0].text in (" blue", " green")
+    # grammars by SGLang's field (GBNF) and vLLM's (Lark)
+    r = await client.completions.create(model=MODEL, prompt="Is it raining? ", max_tokens=8, temperature=0,
+                                        extra_body={"ebnf": 'root ::= "answer: " ("yes" | "no")'})
+    assert r.choices[0].text in ("answer: yes", "answer: no")
+    r = await client.completions.create(model=MODEL, prompt="Count: ", max_tokens=12, temperature=0,
+                                        extra_body={"guided_grammar": 'start: NUM ", " NUM ", " NUM\nNUM: /[0-9]/'})
+    assert __import__("re").fullmatch(r"[0-9], [0-9], [0-9]", r.choices[0].text), r.choices[0].text
     prompt = "The capital of France is Paris"
     r = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
     lps = r.choices[0].logprobs.token_logprobs
@@ -178,6 +185,9 @@ async def test_bad_requests_get_the_api_error_shape(live, client):
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as e:
         await client.completions.create(model=MODEL, prompt="x", extra_body={"regex": "(unclosed"})
+    assert e.value.body["code"] == "invalid_constraint"
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.completions.create(model=MODEL, prompt="x", extra_body={"guided_grammar": "start: nowhere"})
     assert e.value.body["code"] == "invalid_constraint"
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 9000}])

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import torch
 
 from ..errors import (
+    ConstraintError,
     EngineClosedError,
     IncompleteGenerationError,
     InvalidPromptError,
@@ -348,7 +349,10 @@ class Engine(Prompting):
             return self._finish(req, "stop", strip_last=True)
         if req.constraint is not None:
             room = min(p.max_tokens - len(req.output_ids), self.max_context - len(req.tokens) - 1)
-            tail = req.constraint.advance(token, self.config.jump_forward, max(room, 0))
+            try:
+                tail = req.constraint.advance(token, self.config.jump_forward, max(room, 0))
+            except ConstraintError as e:  # e.g. llguidance's per-step limits: this request fails, not the step
+                return self._fail(req, e)
             if len(tail) > 1 or tail[0] != token:
                 req.tokens[-1:] = tail
                 self.counters["jump_forward_tokens"] += len(tail) - 1

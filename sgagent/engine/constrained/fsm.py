@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from outlines_core import Guide, Index
 
-from .vocab import TokenVocab
+from .vocab import TokenVocab, utf8_prefix
 
 _MAX_FORCED = 256
 
@@ -63,15 +63,6 @@ class CompiledConstraint:
         return self._forced[state][0]
 
 
-def _utf8_prefix(b: bytes) -> str:
-    for cut in range(len(b), max(len(b) - 4, -1), -1):
-        try:
-            return b[:cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return ""
-
-
 class ConstraintState:
     def __init__(self, compiled: CompiledConstraint, finish: Callable):
         self.c = compiled
@@ -83,7 +74,7 @@ class ConstraintState:
 
     def start(self, room: int) -> list[int]:
         """Tokens forced before anything is sampled (e.g. a JSON object's opening), for jump-forward."""
-        text = _utf8_prefix(self.c.forced(self.guide.get_state()))
+        text = utf8_prefix(self.c.forced(self.guide.get_state()))
         if not text:
             return []
         toks = self.c.vocab.encode(text)
@@ -100,7 +91,7 @@ class ConstraintState:
         self.guide.advance(token)
         if not jump:
             return [token]
-        text = _utf8_prefix(self.c.forced(self.guide.get_state()))
+        text = utf8_prefix(self.c.forced(self.guide.get_state()))
         if not text:
             return [token]
         last = self.c.vocab.token_bytes.get(token, b"")

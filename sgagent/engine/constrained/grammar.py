@@ -17,7 +17,7 @@ from llguidance.gbnf_to_lark import any_to_lark
 
 from ...errors import ConstraintError
 from .schema_forms import close_objects
-from .vocab import TokenVocab
+from .vocab import TokenVocab, utf8_prefix
 
 # compact JSON, as the outlines path emits: keys and punctuation are forced (jump-forward)
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
@@ -100,13 +100,41 @@ class GrammarState:
         return toks
 
     def start(self, room: int) -> list[int]:
+        """Tokens forced before anything is sampled (e.g. a JSON object's opening and first key)."""
+        text = utf8_prefix(self.m.compute_ff_bytes())
+        toks = self.c.vocab.encode(text) if text else []
+        if toks and len(toks) <= room and self.m.validate_tokens(toks) == len(toks) and self.m.consume_tokens(toks):
+            return toks
         return self._forced(room)
 
     def advance(self, token: int, jump: bool, room: int) -> list[int]:
+        """As ConstraintState.advance: the forced text is re-tokenized together with the sampled token where
+        the grammar takes that, so the model sees its tokenizer's own split (llguidance's fast-forward tokens
+        stop short of a boundary that could still merge); else the sampled token then llguidance's ones."""
         if not self.m.consume_token(token):
             # the mask allowed it, so this is llguidance's own limit (fuel, items) being hit mid-generation
             raise ConstraintError(f"the grammar cannot continue: {self.m.get_error()[:200]}")
-        return [token] + self._forced(room) if jump else [token]
+        if not jump:
+            return [token]
+        text = utf8_prefix(self.m.compute_ff_bytes())
+        if text:
+            vocab = self.c.vocab
+            last = vocab.token_bytes.get(token, b"")
+            candidates = []
+            try:
+                candidates.append((True, vocab.encode(last.decode("utf-8") + text)))
+            except UnicodeDecodeError:
+                pass  # the sampled token ends inside a character: keep it
+            candidates.append((False, vocab.encode(text)))
+            for replace, toks in candidates:
+                tail = toks if replace else [token] + toks
+                if not toks or len(tail) - 1 > room:
+                    continue
+                self.m.rollback(1)
+                if self.m.validate_tokens(tail) == len(tail) and self.m.consume_tokens(tail):
+                    return tail
+                self.m.consume_token(token)
+        return [token] + self._forced(room)
 
     def is_done(self) -> bool:
         return self.m.is_stopped()

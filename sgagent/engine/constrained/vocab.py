@@ -27,6 +27,16 @@ def _is_byte_level(tokenizer) -> bool:
     return "ByteLevel" in dec
 
 
+def utf8_prefix(b: bytes) -> str:
+    """The longest prefix of b that is whole UTF-8 characters (forced bytes can end inside one)."""
+    for cut in range(len(b), max(len(b) - 4, -1), -1):
+        try:
+            return b[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""
+
+
 class TokenVocab:
     """token id -> bytes for ordinary tokens, the single-byte tokens, and the outlines Vocabulary."""
 
