@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sgagent run recipes/showcase.py
 
+# two workers, a file each at a time (module fixtures stay in one process), one torch thread each (conftest.py):
+# the engine's Python side runs beside the other worker's matmuls instead of waiting for its own
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"

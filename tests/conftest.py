@@ -12,6 +12,9 @@ import torch
 import sgagent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on CI's two cores: one intra-op thread each, or they oversubscribe
+    torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
