@@ -440,6 +440,15 @@ class Engine(Prompting):
             h.queue.put_nowait(_DONE)
 
     # -- introspection -------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix (SGLang's /flush_cache, a benchmark's cold start); refused while requests run."""
+        s = self.scheduler
+        if s.running or s.waiting:
+            return False
+        if s.tree is not None:
+            s.tree.reset()
+        return True
+
     def stats(self) -> dict:
         s, pool, tree = self.scheduler, self.runner.pool, self.scheduler.tree
         cached = tree.cached_pages if tree else 0

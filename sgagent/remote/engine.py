@@ -61,13 +61,15 @@ class RemoteEngine(Prompting):
     async def _discover(self) -> None:
         if self.served_model is not None and self.dialect is not None:
             return
-        models = (await self.router.replicas[0].get("/models")).get("data") or []
+        first = self.router.replicas[0]
+        models = (await first.get("/models")).get("data") or []
         if not models:
-            raise RemoteError(f"{self.router.replicas[0].base_url}/models lists no model")
+            raise RemoteError(f"{first.base_url}/models lists no model")
         self.served_model = self.served_model or models[0]["id"]
         owner = str(models[0].get("owned_by", "")).lower()
-        self.dialect = self.dialect or ("vllm" if owner == "vllm" else "sglang" if owner in ("sglang", "sgagent")
-                                        else "plain")
+        if self.dialect is None:
+            self.dialect = ("vllm" if owner == "vllm" else "sglang" if owner in ("sglang", "sgagent")
+                            else "sglang" if await first.speaks_native() else "plain")
 
     def _constraint(self, spec: dict) -> tuple[dict, object]:
         """(fields for the request body, the local check of the output)."""
@@ -87,11 +89,26 @@ class RemoteEngine(Prompting):
         return body, finish
 
     async def _body(self, ids: list[int], sampling: dict) -> tuple[dict, SamplingParams, object]:
+        """The request body in the endpoint's dialect: SGLang's native /generate (token ids, so a router that
+        is cache-aware matches prefixes on them), else OpenAI's /completions."""
         await self._discover()
         p, spec = split_sampling(sampling)
-        if p.stop_token_ids:
-            raise InvalidPromptError("stop_token_ids are not sent to remote endpoints; use stop strings")
         fields, finish = self._constraint(spec)
+        if self.dialect == "sglang":
+            sp = {"max_new_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p,
+                  "stop": list(p.stop), **fields}
+            for key, value, off in (("top_k", p.top_k, 0), ("min_p", p.min_p, 0), ("ignore_eos", p.ignore_eos, False),
+                                    ("stop_token_ids", p.stop_token_ids, [])):
+                if value != off:
+                    sp[key] = value
+            body = {"input_ids": ids, "sampling_params": sp, "return_logprob": p.logprobs}
+            if self.served_model:
+                body["model"] = self.served_model
+            if p.seed is not None:
+                body["sampling_seed"] = p.seed
+            return body, p, finish
+        if p.stop_token_ids:
+            raise InvalidPromptError("stop_token_ids are sent to SGLang-style endpoints only; use stop strings")
         body = {"model": self.served_model, "prompt": self._wire(ids), "max_tokens": p.max_tokens,
                 "temperature": p.temperature,
                 "top_p": p.top_p, "stop": list(p.stop), **fields}
@@ -135,10 +152,17 @@ class RemoteEngine(Prompting):
         body, p, finish = await self._body(ids, sampling)
         self.counters["requests"] += 1
         t0 = time.perf_counter()
-        out = await self.router.pick().post("/completions", body)
-        choice = out["choices"][0]
-        lps = (choice.get("logprobs") or {}).get("token_logprobs") if p.logprobs else None
-        r = self._result(ids, choice.get("text") or "", choice.get("finish_reason"), out.get("usage"), finish, lps)
+        if self.dialect == "sglang":
+            out = await self.router.pick().post_native("/generate", body)
+            meta = out.get("meta_info") or {}
+            lps = [row[0] for row in meta.get("output_token_logprobs") or []] if p.logprobs else None
+            r = self._result(ids, out.get("text") or "", _native_reason(meta), _native_usage(meta), finish, lps)
+        else:
+            out = await self.router.pick().post("/completions", body)
+            choice = out["choices"][0]
+            lps = (choice.get("logprobs") or {}).get("token_logprobs") if p.logprobs else None
+            r = self._result(ids, choice.get("text") or "", choice.get("finish_reason"), out.get("usage"), finish,
+                             lps)
         self.log.debug("remote.generate", prompt_tokens=len(ids), completion_tokens=r.usage.completion_tokens,
                        ms=round(1000 * (time.perf_counter() - t0), 1))
         return r
@@ -151,16 +175,29 @@ class RemoteEngine(Prompting):
     async def _stream(self, prompt, messages, result: list | None, sampling: dict) -> AsyncIterator[str]:
         ids = self.tokenize(prompt, messages)
         body, p, finish = await self._body(ids, sampling)
-        body.update(stream=True, stream_options={"include_usage": True})
         self.counters["requests"] += 1
         pieces, reason, usage = [], None, None
-        async for event in self.router.pick().events("/completions", body):
-            usage = event.get("usage") or usage
-            for ch in event.get("choices") or []:
-                if ch.get("text"):
-                    pieces.append(ch["text"])
-                    yield ch["text"]
-                reason = ch.get("finish_reason") or reason
+        if self.dialect == "sglang":
+            body["stream"] = True
+            sent = ""
+            async for event in self.router.pick().events_native("/generate", body):
+                text = event.get("text") or ""  # SGLang sends the text so far, not a delta
+                if len(text) > len(sent):
+                    pieces.append(text[len(sent):])
+                    sent = text
+                    yield pieces[-1]
+                meta = event.get("meta_info") or {}
+                if meta.get("finish_reason"):
+                    reason, usage = _native_reason(meta), _native_usage(meta)
+        else:
+            body.update(stream=True, stream_options={"include_usage": True})
+            async for event in self.router.pick().events("/completions", body):
+                usage = event.get("usage") or usage
+                for ch in event.get("choices") or []:
+                    if ch.get("text"):
+                        pieces.append(ch["text"])
+                        yield ch["text"]
+                    reason = ch.get("finish_reason") or reason
         r = self._result(ids, "".join(pieces), reason, usage, finish)
         if result is not None:
             result.append(r)
@@ -174,9 +211,21 @@ class RemoteEngine(Prompting):
             raise InvalidPromptError("a continuation is empty")
         replica = self.router.pick()  # every choice on one replica: the prefix is computed there once
 
+        async def native(c):
+            body = {"input_ids": base + c, "sampling_params": {"max_new_tokens": 0, "temperature": 0.0},
+                    "return_logprob": True, "logprob_start_len": len(base)}
+            if self.served_model:
+                body["model"] = self.served_model
+            rows = ((await replica.post_native("/generate", body)).get("meta_info") or {}).get(
+                "input_token_logprobs") or []
+            out = [row[0] for row in rows[:len(c)]]
+            if len(out) != len(c) or None in out:
+                raise RemoteError("the endpoint returned no prompt log-probabilities (input_token_logprobs)")
+            return out
+
         async def one(c):
             body = {"model": self.served_model, "prompt": self._wire(base + c), "temperature": 0.0, "echo": True,
-                    "logprobs": 1, "max_tokens": 0 if self.dialect == "sglang" else 1, "logprob_start": len(base)}
+                    "logprobs": 1, "max_tokens": 1, "logprob_start": len(base)}
             lp = (await replica.post("/completions", body))["choices"][0].get("logprobs") or {}
             values = lp.get("token_logprobs") or []
             if self.dialect != "plain":
@@ -189,7 +238,7 @@ class RemoteEngine(Prompting):
             return out
 
         self.counters["requests"] += len(conts)
-        return list(await asyncio.gather(*(one(c) for c in conts)))
+        return list(await asyncio.gather(*((native if self.dialect == "sglang" else one)(c) for c in conts)))
 
     def stats(self) -> dict:
         c = dict(self.counters)
@@ -209,3 +258,18 @@ def _tail_spelling(tokens: list[str], logprobs: list, text: str, prompt_chars: i
     if not spans or not any(a == start for a, _, _ in spans):
         return None  # the continuation does not start on a token boundary there
     return picked
+
+
+def _native_reason(meta: dict) -> str | None:
+    reason = meta.get("finish_reason")
+    kind = reason.get("type") if isinstance(reason, dict) else reason
+    if kind == "abort":
+        detail = reason.get("message") if isinstance(reason, dict) else ""
+        raise RemoteError(f"the endpoint aborted the request: {detail}")
+    return "length" if kind == "length" else "stop" if kind in ("stop", "eos") else kind
+
+
+def _native_usage(meta: dict) -> dict:
+    """SGLang's meta_info counts as the OpenAI usage object _result reads."""
+    return {"prompt_tokens": meta.get("prompt_tokens", 0), "completion_tokens": meta.get("completion_tokens", 0),
+            "prompt_tokens_details": {"cached_tokens": meta.get("cached_tokens", 0)}}

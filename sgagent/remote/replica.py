@@ -48,6 +48,31 @@ class Replica:
     async def aclose(self) -> None:
         await self.client.aclose()
 
+    @property
+    def root(self) -> str:
+        """The server's root, where SGLang's native API lives (the base URL without its /v1)."""
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+    async def post_native(self, path: str, body: dict):
+        return await self.post(self.root + path, body)
+
+    def events_native(self, path: str, body: dict) -> AsyncIterator[dict]:
+        return self.events(self.root + path, body)
+
+    async def speaks_native(self) -> bool:
+        """Whether the endpoint answers SGLang's model_info (SGLang, sgagent, sglang-router in front of them)."""
+        for path in ("/model_info", "/get_model_info"):
+            try:
+                r = await self.client.get(self.root + path)
+            except httpx.HTTPError:
+                return False
+            if r.status_code == 200:
+                try:
+                    return isinstance(r.json(), dict) and "model_path" in r.json()
+                except ValueError:
+                    return False
+        return False
+
     async def _retrying(self, send):
         for attempt in range(self.retries + 1):
             try:

@@ -15,6 +15,7 @@ from .chat import chat_completions
 from .completions import completions
 from .errors import APIError
 from .metrics import Metrics
+from .native import GenerateRequest, flush_cache, generate, model_info, server_info
 from .protocol import ChatCompletionRequest, CompletionRequest
 
 
@@ -103,6 +104,17 @@ def create_app(engine, *, model: str | None = None, max_body_bytes: int = 4 << 2
     async def complete(req: CompletionRequest, request: Request):
         check_model(req.model)
         return await completions(engine, name, req, request, metrics)
+
+    # SGLang's native surface: sglang-router discovers and feeds workers through it
+    @app.post("/generate")
+    async def native_generate(req: GenerateRequest, request: Request):
+        return await generate(engine, req, request, metrics)
+
+    for path in ("/server_info", "/get_server_info"):
+        app.add_api_route(path, lambda: server_info(engine, name), methods=["GET"])
+    for path in ("/model_info", "/get_model_info"):
+        app.add_api_route(path, lambda: model_info(engine), methods=["GET"])
+    app.add_api_route("/flush_cache", lambda: flush_cache(engine), methods=["POST", "GET"])
 
     return app
 
