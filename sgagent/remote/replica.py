@@ -68,9 +68,10 @@ class Replica:
                 return False
             if r.status_code == 200:
                 try:
-                    return isinstance(r.json(), dict) and "model_path" in r.json()
+                    info = r.json()
                 except ValueError:
                     return False
+                return isinstance(info, dict) and "model_path" in info
         return False
 
     async def _retrying(self, send):

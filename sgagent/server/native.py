@@ -129,7 +129,7 @@ def _meta(engine, rid: str, ids: list[int], r, started: float, req: GenerateRequ
     if req.return_logprob:
         meta["output_token_logprobs"] = _triples(zip(r.token_ids, r.logprobs or []))
         if req.top_logprobs_num:
-            meta["output_top_logprobs"] = [[[lp, t, None] for t, lp in alts] for alts in r.top_logprobs or []]
+            meta["output_top_logprobs"] = [_triples(alts) for alts in r.top_logprobs or []]
         if start is not None:
             # SGLang counts from logprob_start_len; the very first token has no log-probability
             lead = [None] if req.logprob_start_len == 0 else []
