@@ -91,11 +91,13 @@ async def chat(model: str | None, max_tokens: int, system_prompt: str | None) ->
         print(f"[{len(messages) // 2} turns; prefix cache hit rate {st['cache_hit_rate']:.0%}]")
 
 
-async def serve(model: str | None, host: str, port: int, name: str | None, max_body: int) -> None:
+async def serve(model: str | None, host: str, port: int, name: str | None, max_body: int, dtype: str,
+                kv_mib: int | None) -> None:
     from .engine import Engine
     from .server import serve as run_server
 
-    async with Engine(model) as engine:
+    options = {"dtype": dtype} | ({"kv_cache_bytes": kv_mib << 20} if kv_mib else {})
+    async with Engine(model, **options) as engine:
         print(f"sgagent: serving {engine.model_path} on http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
         await run_server(engine, host=host, port=port, model=name, max_body_bytes=max_body)
 
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--served-model-name", default=None, help="the model id clients ask for (default: file name)")
     v.add_argument("--max-body-bytes", type=int, default=4 << 20)
+    v.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    v.add_argument("--kv-cache-mib", type=int, default=None, help="KV pool size (default: the engine's)")
     sub.add_parser("bench", add_help=False, help="the benchmark suite of the paper's workloads (from a checkout); "
                    "sgagent bench --help lists its options")
     argv = sys.argv[1:] if argv is None else argv
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(chat(a.model, a.max_tokens, a.system))
     elif a.cmd == "serve":
         try:
-            asyncio.run(serve(a.model, a.host, a.port, a.served_model_name, a.max_body_bytes))
+            asyncio.run(serve(a.model, a.host, a.port, a.served_model_name, a.max_body_bytes, a.dtype,
+                              a.kv_cache_mib))
         except KeyboardInterrupt:
             pass
     return 0

@@ -1,4 +1,5 @@
-"""Programs on remote OpenAI-compatible endpoints: equal to the embedded engine, routed, retried."""
+"""Programs on a remote OpenAI-compatible endpoint: equal to the embedded engine, retried, typed errors.
+Several replicas behind SGLang's router: tests/test_router.py."""
 
 import asyncio
 import os
@@ -11,7 +12,7 @@ import pytest
 
 import sgagent
 from sgagent.errors import ConstraintError, InvalidPromptError, RemoteError
-from sgagent.remote import RemoteEngine, Router
+from sgagent.remote import RemoteEngine
 from sgagent.remote.replica import Replica
 
 from recipes import few_shot_qa, json_extraction, judge, skeleton_of_thought
@@ -19,19 +20,18 @@ from sgagent.server import free_port, start
 
 
 @pytest.fixture(scope="module")
-async def replicas(engine):
-    """Two servers (replicas) over one engine of their own on the session's weights."""
+async def server(engine):
+    """A server over an engine of its own on the session's weights."""
     e = engine.with_config(kv_cache_bytes=256 << 20)
-    servers = [await start(e, model="smol") for _ in range(2)]
-    yield servers
-    for s in servers:
-        await s.stop()
+    srv = await start(e, model="smol")
+    yield srv
+    await srv.stop()
     await e.aclose()
 
 
 @pytest.fixture(scope="module")
-async def remote_engine(replicas):
-    r = RemoteEngine([s.url for s in replicas])  # loading the tokenizer takes seconds: once per module
+async def remote_engine(server):
+    r = RemoteEngine(server.url)  # loading the tokenizer takes seconds: once per module
     yield r
     await r.aclose()
 
@@ -40,7 +40,6 @@ async def remote_engine(replicas):
 def remote(remote_engine):
     served, dialect = remote_engine.served_model, remote_engine.dialect
     yield remote_engine
-    remote_engine.router.__dict__.pop("pick", None)  # a test may spy on the routing
     remote_engine.served_model, remote_engine.dialect = served, dialect
 
 
@@ -71,44 +70,9 @@ async def test_streaming_and_usage_through_the_remote_backend(engine, remote):
     assert result[0].usage.completion_tokens == ref.usage.completion_tokens
 
 
-async def test_a_programs_requests_stick_to_one_replica_and_programs_spread(replicas, remote):
-    seen = []
-    real_pick = remote.router.pick
-
-    def spy(key=None):
-        replica = real_pick(key)
-        seen.append((sgagent_program(), replica.base_url))
-        return replica
-
-    def sgagent_program():
-        import structlog
-
-        return structlog.contextvars.get_contextvars().get("program_id")
-
-    remote.router.pick = spy
-    states = await sgagent.run_batch(judge.judged, [{"question": f"Why is {x} useful?", "criteria": ["clarity", "concision"]}
-                                                    for x in ("rain", "sleep", "salt", "music")],
-                                     engine=remote, progress=False)
-    assert all(st.return_value for st in states)
-    by_program = {}
-    for pid, url in seen:
-        by_program.setdefault(pid, set()).add(url)
-    assert len(by_program) == 4 and all(len(urls) == 1 for urls in by_program.values())
-    assert len({url for urls in by_program.values() for url in urls}) == 2  # programs spread over replicas
-
-
-def test_router_least_loaded_and_sticky():
-    class R:
-        def __init__(self, n):
-            self.in_flight = n
-
-    a, b = R(3), R(1)
-    router = Router([a, b])
-    assert router.pick() is b  # no program: least loaded
-    assert router.pick("p1") is b
-    b.in_flight = 10
-    assert router.pick("p1") is b  # sticky despite load: its prefix is cached there
-    assert router.pick("p2") is a
+def test_one_endpoint_several_replicas_go_behind_sglang_router():
+    with pytest.raises(ValueError, match="sglang-router"):
+        RemoteEngine(["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"])
 
 
 async def test_retries_5xx_and_connection_errors_then_fails_typed():

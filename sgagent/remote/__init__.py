@@ -1,6 +1,7 @@
-"""Programs on remote OpenAI-compatible endpoints (sgagent serve, SGLang, vLLM), with prefix-aware routing."""
+"""Programs on a remote OpenAI-compatible endpoint (sgagent serve, SGLang, vLLM), and SGLang's router in front of
+several replicas."""
 
 from .engine import RemoteEngine
-from .router import Router
+from .sglang_router import sglang_router
 
-__all__ = ["RemoteEngine", "Router"]
+__all__ = ["RemoteEngine", "sglang_router"]

@@ -1,5 +1,6 @@
-"""RemoteEngine: the engine surface the primitives use, served by OpenAI-compatible endpoints (our own
-`sgagent serve`, SGLang, vLLM). Programs run on it unchanged: `Program.run(engine=RemoteEngine(...))`.
+"""RemoteEngine: the engine surface the primitives use, served by an OpenAI-compatible endpoint (our own
+`sgagent serve`, SGLang, vLLM, or sglang-router in front of several replicas of them). Programs run on it
+unchanged: `Program.run(engine=RemoteEngine(...))`.
 
 Prompts are tokenized here with the model's own tokenizer and sent as token ids, so a program's prompt is
 the same token sequence on every backend. Constraints go over the wire in the endpoint's dialect and the
@@ -21,28 +22,35 @@ from ..engine.request import GenerateResult, SamplingParams, Usage, new_request_
 from ..errors import ConstraintError, IncompleteGenerationError, InvalidPromptError, RemoteError
 from ..log import get_logger
 from .replica import Replica
-from .router import Router
 
 DIALECTS = ("sglang", "vllm", "plain")
 
 
 class RemoteEngine(Prompting):
-    def __init__(self, endpoints: str | list[str], *, model: str | None = None, served_model: str | None = None,
+    def __init__(self, endpoint: str, *, model: str | None = None, served_model: str | None = None,
                  dialect: str | None = None, api_key: str | None = None, timeout: float = 600.0,
                  retries: int = 3):
-        """endpoints: base URLs ending in /v1 (replicas of one model). model: a local GGUF file or Hugging Face
-        folder with that model's tokenizer (default: the default model). dialect: how constraints are sent
-        (sglang: regex/json_schema fields, also what `sgagent serve` takes; vllm: guided_*; plain: none);
-        by default read from /v1/models."""
+        """endpoint: a base URL ending in /v1. For several replicas, put sglang-router in front of them and pass
+        its URL: its cache-aware routing keeps each prefix on one replica (`sgagent.remote.sglang_router`).
+        model: a local GGUF file or Hugging Face folder with that model's tokenizer (default: the default
+        model). dialect: how constraints are sent (sglang: regex/json_schema fields, also what `sgagent serve`
+        takes; vllm: guided_*; plain: none); by default read from /v1/models."""
         if dialect is not None and dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
+        if not isinstance(endpoint, str):
+            urls = list(endpoint)
+            if len(urls) != 1:
+                # measured (bench/router_affinity.py): program-sticky routing in the client recomputed 1.6x the
+                # prompt tokens of sglang-router's cache-aware policy, and added nothing in front of it
+                raise ValueError("RemoteEngine takes one endpoint; for several replicas run sglang-router in front "
+                                 "of them (sgagent.remote.sglang_router) and pass its URL")
+            endpoint = urls[0]
         src = resolve(model)
         self.model_path = str(src.path)
         self.model_config = src.config
         self.tokenizer = src.load_tokenizer()
         self.max_context = src.config.max_position
-        urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        self.router = Router([Replica(u, api_key=api_key, timeout=timeout, retries=retries) for u in urls])
+        self.replica = Replica(endpoint, api_key=api_key, timeout=timeout, retries=retries)
         self.served_model, self.dialect = served_model, dialect
         self.log = get_logger("sgagent.remote")
         self.counters = dict.fromkeys(["requests", "finished", "failed", "prompt_tokens", "cached_tokens",
@@ -55,13 +63,12 @@ class RemoteEngine(Prompting):
         await self.aclose()
 
     async def aclose(self) -> None:
-        for r in self.router.replicas:
-            await r.aclose()
+        await self.replica.aclose()
 
     async def _discover(self) -> None:
         if self.served_model is not None and self.dialect is not None:
             return
-        first = self.router.replicas[0]
+        first = self.replica
         models = (await first.get("/models")).get("data") or []
         if not models:
             raise RemoteError(f"{first.base_url}/models lists no model")
@@ -153,12 +160,12 @@ class RemoteEngine(Prompting):
         self.counters["requests"] += 1
         t0 = time.perf_counter()
         if self.dialect == "sglang":
-            out = await self.router.pick().post_native("/generate", body)
+            out = await self.replica.post_native("/generate", body)
             meta = out.get("meta_info") or {}
             lps = [row[0] for row in meta.get("output_token_logprobs") or []] if p.logprobs else None
             r = self._result(ids, out.get("text") or "", _native_reason(meta), _native_usage(meta), finish, lps)
         else:
-            out = await self.router.pick().post("/completions", body)
+            out = await self.replica.post("/completions", body)
             choice = out["choices"][0]
             lps = (choice.get("logprobs") or {}).get("token_logprobs") if p.logprobs else None
             r = self._result(ids, choice.get("text") or "", choice.get("finish_reason"), out.get("usage"), finish,
@@ -180,7 +187,7 @@ class RemoteEngine(Prompting):
         if self.dialect == "sglang":
             body["stream"] = True
             sent = ""
-            async for event in self.router.pick().events_native("/generate", body):
+            async for event in self.replica.events_native("/generate", body):
                 text = event.get("text") or ""  # SGLang sends the text so far, not a delta
                 if len(text) > len(sent):
                     pieces.append(text[len(sent):])
@@ -191,7 +198,7 @@ class RemoteEngine(Prompting):
                     reason, usage = _native_reason(meta), _native_usage(meta)
         else:
             body.update(stream=True, stream_options={"include_usage": True})
-            async for event in self.router.pick().events("/completions", body):
+            async for event in self.replica.events("/completions", body):
                 usage = event.get("usage") or usage
                 for ch in event.get("choices") or []:
                     if ch.get("text"):
@@ -209,7 +216,7 @@ class RemoteEngine(Prompting):
         conts = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
         if any(not c for c in conts):
             raise InvalidPromptError("a continuation is empty")
-        replica = self.router.pick()  # every choice on one replica: the prefix is computed there once
+        replica = self.replica
 
         async def native(c):
             body = {"input_ids": base + c, "sampling_params": {"max_new_tokens": 0, "temperature": 0.0},
@@ -243,7 +250,7 @@ class RemoteEngine(Prompting):
     def stats(self) -> dict:
         c = dict(self.counters)
         c["cache_hit_rate"] = c["cached_tokens"] / c["prompt_tokens"] if c["prompt_tokens"] else 0.0
-        c["endpoints"] = {r.base_url: r.in_flight for r in self.router.replicas}
+        c["endpoint"], c["in_flight"] = self.replica.base_url, self.replica.in_flight
         return c
 
 

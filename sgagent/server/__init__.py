@@ -2,5 +2,6 @@
 
 from .app import create_app, serve
 from .background import LiveServer, free_port, start
+from .process import ServerProcess
 
-__all__ = ["LiveServer", "create_app", "free_port", "serve", "start"]
+__all__ = ["LiveServer", "ServerProcess", "create_app", "free_port", "serve", "start"]

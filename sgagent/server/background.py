@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 
 import uvicorn
 
+from ..ports import free_port
 from .app import create_app
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["LiveServer", "free_port", "start"]
 
 
 @dataclass
