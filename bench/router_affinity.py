@@ -73,8 +73,8 @@ async def run_config(name: str, replicas, args: list[dict], runs: int) -> dict:
         rates.append(stats["cache_hit_rate"])
         recomputed.append(stats["prompt_tokens"] - stats["cached_tokens"])
     wall = statistics.median(walls)
-    return {"wall_s": wall, "hit_rate": statistics.median(rates), "recomputed_tokens": int(statistics.median(recomputed)),
-            "programs_per_s": len(args) / wall}
+    return {"wall_s": wall, "hit_rate": statistics.median(rates),
+            "recomputed_tokens": int(statistics.median(recomputed)), "programs_per_s": len(args) / wall}
 
 
 async def one_run(remote, args: list[dict]) -> tuple[dict, float]:
