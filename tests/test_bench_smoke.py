@@ -41,6 +41,8 @@ def test_paper_suite_produces_programs_ratios_and_files(tmp_path):
         assert r["ratios"]["vs_no_reuse"] > 0 and r["ratios"]["vs_transformers"] > 0, name
         assert r["systems"]["no_reuse"]["cached_tokens"] == 0 and r["systems"]["transformers"]["cached_tokens"] == 0
     assert rows["few_shot"]["systems"]["sgagent"]["hit_rate"] > 0.5  # the 5-shot prefix is reused
+    # warm: the prefix was cached before the clock, by a question the hit rate counts too
+    assert rows["few_shot_warm"]["systems"]["sgagent"]["hit_rate"] > rows["few_shot"]["systems"]["sgagent"]["hit_rate"]
     assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| few_shot |" in (tmp_path / "suite.md").read_text()
     lines = [json.loads(x) for x in (tmp_path / "lines.jsonl").read_text().splitlines()]

@@ -107,13 +107,20 @@ async def test_retries_5xx_and_connection_errors_then_fails_typed():
 
 async def test_constraints_go_over_the_wire_in_each_dialect(remote):
     remote.served_model = "smol"
-    for dialect, field in (("sglang", "json_schema"), ("vllm", "guided_json")):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for dialect, field in (("sglang", "json_schema"), ("vllm", "structured_outputs"), ("vllm_guided", "guided_json")):
         remote.dialect = dialect
-        body, finish = remote._constraint({"json_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}})
+        body, finish = remote._constraint({"json_schema": schema})
         assert field in body and finish('{"a": 1}') == {"a": 1}
     remote.dialect = "vllm"
+    assert remote._constraint({"choices": ["x", "y"]})[0] == {"structured_outputs": {"choice": ["x", "y"]}}
+    assert remote._constraint({"regex": "a+"})[0] == {"structured_outputs": {"regex": "a+"}}
+    assert remote._constraint({"json_schema": schema})[0] == {"structured_outputs": {"json": schema}}
+    remote.dialect = "vllm_guided"
     assert remote._constraint({"choices": ["x", "y"]})[0] == {"guided_choice": ["x", "y"]}
     assert remote._constraint({"regex": "a+"})[0] == {"guided_regex": "a+"}
+    remote.dialect = "sglang"
+    assert remote._constraint({"choices": ["x", "y"]})[0] == {"regex": "(x|y)"}
     remote.dialect = "plain"
     with pytest.raises(ConstraintError, match="takes no regex"):
         remote._constraint({"regex": "a+"})

@@ -1,10 +1,11 @@
-"""The systems each workload runs on: sgagent with and without prefix reuse, transformers, llama.cpp."""
+"""The systems each workload runs on: sgagent with and without prefix reuse, transformers, llama.cpp, and vLLM
+(its CPU build, a server in its own venv and process, reached through RemoteEngine)."""
 
 from __future__ import annotations
 
 from ..baselines import LlamaCppBackend, TransformersBackend, llama_cpp_installed
 
-SYSTEMS = ["sgagent", "no_reuse", "transformers", "llama.cpp"]
+SYSTEMS = ["sgagent", "no_reuse", "transformers", "llama.cpp", "vllm"]
 
 
 class Capped:
@@ -43,21 +44,46 @@ class Systems:
     def available(self, name: str) -> bool:
         if name == "llama.cpp":
             return llama_cpp_installed() and self.base.model_path.endswith(".gguf")
+        if name == "vllm":
+            from ..peers.vllm_server import vllm_installed
+
+            return vllm_installed()
         return True
 
-    def open(self, name: str):
+    async def open(self, name: str):
         if name in ("sgagent", "no_reuse"):
             return self.base.with_config(radix_cache=name == "sgagent")
+        if name == "vllm":
+            return await self._vllm()
         if name not in self._baselines:
             self._baselines[name] = (TransformersBackend if name == "transformers" else LlamaCppBackend)(self.base)
         backend = self._baselines[name]
         backend.reset()
         return backend
 
+    async def _vllm(self):
+        """The vLLM server, started once (outside every run's clock), its prefix cache emptied for each run."""
+        from sgagent.remote import RemoteEngine
+
+        from ..peers.vllm_server import VllmServer
+
+        if "vllm" not in self._baselines:
+            server = await VllmServer(self.base.model_path).start()
+            self._baselines["vllm"] = (server, RemoteEngine(server.url, model=self.base.model_path))
+        server, remote = self._baselines["vllm"]
+        await server.reset_prefix_cache()
+        remote.counters.update(dict.fromkeys(remote.counters, 0))
+        return remote
+
     async def close(self, name: str, backend) -> None:
         if name in ("sgagent", "no_reuse"):
             await backend.aclose()  # a baseline is kept (loading it is not part of any run)
 
     async def aclose(self) -> None:
-        for b in self._baselines.values():
-            await b.aclose()
+        for name, b in self._baselines.items():
+            if name == "vllm":
+                server, remote = b
+                await remote.aclose()
+                server.stop()
+            else:
+                await b.aclose()

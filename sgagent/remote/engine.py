@@ -23,7 +23,9 @@ from ..errors import ConstraintError, IncompleteGenerationError, InvalidPromptEr
 from ..log import get_logger
 from .replica import Replica
 
-DIALECTS = ("sglang", "vllm", "plain")
+DIALECTS = ("sglang", "vllm", "vllm_guided", "plain")
+# vLLM's request field for each constraint kind: `structured_outputs` since 0.10.2 (0.12 dropped the guided_* ones)
+VLLM_FIELDS = {"json_schema": "json", "regex": "regex", "choices": "choice", "grammar": "grammar"}
 
 
 class RemoteEngine(Prompting):
@@ -34,7 +36,8 @@ class RemoteEngine(Prompting):
         its URL: its cache-aware routing keeps each prefix on one replica (`sgagent.remote.sglang_router`).
         model: a local GGUF file or Hugging Face folder with that model's tokenizer (default: the default
         model). dialect: how constraints are sent (sglang: regex/json_schema fields, also what `sgagent serve`
-        takes; vllm: guided_*; plain: none); by default read from /v1/models."""
+        takes; vllm: structured_outputs; vllm_guided: guided_*, as vLLM before 0.10.2; plain: none); by default
+        read from /v1/models (and vLLM's /version)."""
         if dialect is not None and dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}")
         if not isinstance(endpoint, str):
@@ -75,8 +78,17 @@ class RemoteEngine(Prompting):
         self.served_model = self.served_model or models[0]["id"]
         owner = str(models[0].get("owned_by", "")).lower()
         if self.dialect is None:
-            self.dialect = ("vllm" if owner == "vllm" else "sglang" if owner in ("sglang", "sgagent")
+            self.dialect = (await self._vllm_dialect() if owner == "vllm"
+                            else "sglang" if owner in ("sglang", "sgagent")
                             else "sglang" if await first.speaks_native() else "plain")
+
+    async def _vllm_dialect(self) -> str:
+        try:
+            version = str((await self.replica.get(self.replica.root + "/version")).get("version", ""))
+        except (RemoteError, ValueError):
+            return "vllm"
+        parts = [int(x) for x in version.split(".")[:3] if x.isdigit()]
+        return "vllm_guided" if parts and tuple(parts) < (0, 10, 2) else "vllm"
 
     def _constraint(self, spec: dict) -> tuple[dict, object]:
         """(fields for the request body, the local check of the output)."""
@@ -85,15 +97,16 @@ class RemoteEngine(Prompting):
         kind, value, finish = parse_spec(spec)  # the regex, the schema dict or the grammar text
         if self.dialect == "plain":
             raise ConstraintError(f"this endpoint takes no {kind} constraint (it is not SGLang, vLLM or sgagent)")
-        if kind == "json_schema":
-            body = {"json_schema": json.dumps(value)} if self.dialect == "sglang" else {"guided_json": value}
-        elif kind == "grammar":
-            body = {"ebnf": value} if self.dialect == "sglang" else {"guided_grammar": value}
-        elif kind == "choices" and self.dialect == "vllm":
-            body = {"guided_choice": [str(c) for c in spec["choices"]]}
-        else:
-            body = {"regex": value} if self.dialect == "sglang" else {"guided_regex": value}
-        return body, finish
+        if kind == "choices" and self.dialect.startswith("vllm"):
+            value = [str(c) for c in spec["choices"]]  # vLLM takes the choices themselves, not their regex
+        elif kind == "choices":
+            kind = "regex"
+        if self.dialect == "vllm":
+            return {"structured_outputs": {VLLM_FIELDS[kind]: value}}, finish
+        if self.dialect == "vllm_guided":
+            return {f"guided_{VLLM_FIELDS[kind]}": value}, finish
+        field = {"json_schema": "json_schema", "grammar": "ebnf", "regex": "regex"}[kind]
+        return {field: json.dumps(value) if kind == "json_schema" else value}, finish
 
     async def _body(self, ids: list[int], sampling: dict) -> tuple[dict, SamplingParams, object]:
         """The request body in the endpoint's dialect: SGLang's native /generate (token ids, so a router that

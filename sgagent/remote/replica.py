@@ -26,7 +26,8 @@ def api_error(status: int, body: str) -> Exception:
     message, code = str(err.get("message", "")), err.get("code")
     if code == "context_length_exceeded" or "context length" in message or "maximum context" in message:
         return PromptTooLongError(message)
-    if code == "invalid_constraint" or err.get("param") in ("response_format", "regex", "guided_regex", "guided_json"):
+    if (code == "invalid_constraint" or err.get("param") in ("response_format", "regex", "guided_regex", "guided_json")
+            or message.startswith("Grammar error")):  # vLLM's structured-output compile errors
         return ConstraintError(message)
     if status == 400:
         return InvalidPromptError(message)
