@@ -37,7 +37,8 @@ async def vllm(tmp_path_factory):
 async def test_recipes_give_the_embedded_engines_greedy_results(engine, vllm):
     async def run(backend):
         judged = await judge.judged.run(engine=backend, question="Why is the sky blue?", criteria=judge.CRITERIA[:2])
-        person = await json_extraction.extract.run(engine=backend, doc="Tom Becker is a 52 year old teacher in Hamburg.")
+        doc = "Tom Becker is a 52 year old teacher in Hamburg."
+        person = await json_extraction.extract.run(engine=backend, doc=doc)
         sot = await skeleton_of_thought.answer.run(engine=backend, question="How to learn the piano?", points=2)
         q, o, _ = few_shot_qa.QUESTIONS[1]
         picked = await few_shot_qa.answer.run(engine=backend, question=q, options=o)
