@@ -6,7 +6,6 @@ import asyncio
 import httpx
 import pytest
 
-import sgagent
 from sgagent import program, run_batch, system, user
 from sgagent.errors import RemoteError
 from sgagent.remote import RemoteEngine, sglang_router

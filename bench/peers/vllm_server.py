@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from sgagent.ports import free_port, wait_until
+from sgagent.ports import ChildServer
 
 from .hf_folder import ROOT, hf_folder
 
@@ -29,23 +29,15 @@ def vllm_installed() -> bool:
     return subprocess.run([str(PYTHON), "-c", "import vllm"], capture_output=True, timeout=120).returncode == 0
 
 
-class VllmServer:
+class VllmServer(ChildServer):
+    what = "vLLM"
+
     def __init__(self, model: str | Path | None = None, *, port: int | None = None, threads: str = "0-1",
                  kv_cache_gib: int = 4, max_model_len: int = 8192, log_file: str | Path | None = None):
+        super().__init__(port=port, log_file=log_file)
         self.model = Path(model) if model and Path(model).is_dir() else None
         self._gguf = None if self.model else model
-        self.port = port or free_port()
         self.threads, self.kv_cache_gib, self.max_model_len = threads, kv_cache_gib, max_model_len
-        self.log_file = log_file
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.root + "/v1"
 
     def command(self) -> list[str]:
         outputs = {"backend": "guidance", "disable_any_whitespace": True, "disable_additional_properties": True}
@@ -54,37 +46,16 @@ class VllmServer:
                 "--max-model-len", str(self.max_model_len), "--enable-prefix-caching",
                 "--enable-prompt-tokens-details", "--structured-outputs-config", json.dumps(outputs)]
 
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "VLLM_CPU_OMP_THREADS_BIND": self.threads,
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
+                "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
+
     async def start(self, timeout: float = 600.0) -> "VllmServer":
         if self.model is None:
-            self.model = hf_folder(self._gguf)
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": self.threads, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-               "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
-        out = open(self.log_file, "w") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
-        if out is not subprocess.DEVNULL:
-            out.close()
-        async with httpx.AsyncClient(timeout=5.0) as h:
-            async def healthy():
-                return (await h.get(self.root + "/health")).status_code == 200
-
-            await wait_until(healthy, f"vLLM on port {self.port}", timeout, self.proc)
-        return self
+            self.model = hf_folder(self._gguf)  # written once, outside any benchmark's clock
+        return await super().start(timeout)
 
     async def reset_prefix_cache(self) -> None:
         async with httpx.AsyncClient(timeout=30.0) as h:
             (await h.post(self.root + "/reset_prefix_cache")).raise_for_status()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    async def __aenter__(self) -> "VllmServer":
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        self.stop()

@@ -71,16 +71,15 @@ class RemoteEngine(Prompting):
     async def _discover(self) -> None:
         if self.served_model is not None and self.dialect is not None:
             return
-        first = self.replica
-        models = (await first.get("/models")).get("data") or []
+        models = (await self.replica.get("/models")).get("data") or []
         if not models:
-            raise RemoteError(f"{first.base_url}/models lists no model")
+            raise RemoteError(f"{self.replica.base_url}/models lists no model")
         self.served_model = self.served_model or models[0]["id"]
         owner = str(models[0].get("owned_by", "")).lower()
         if self.dialect is None:
             self.dialect = (await self._vllm_dialect() if owner == "vllm"
                             else "sglang" if owner in ("sglang", "sgagent")
-                            else "sglang" if await first.speaks_native() else "plain")
+                            else "sglang" if await self.replica.speaks_native() else "plain")
 
     async def _vllm_dialect(self) -> str:
         try:
@@ -229,7 +228,7 @@ class RemoteEngine(Prompting):
         conts = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
         if any(not c for c in conts):
             raise InvalidPromptError("a continuation is empty")
-        replica = self.replica
+        replica = self.replica  # every choice in one place: the prefix is computed there once
 
         async def native(c):
             body = {"input_ids": base + c, "sampling_params": {"max_new_tokens": 0, "temperature": 0.0},

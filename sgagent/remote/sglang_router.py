@@ -7,7 +7,6 @@ its URL, for `RemoteEngine(url + "/v1")`. Its cache-aware policy keeps a radix t
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,27 @@ import httpx
 
 from ..errors import RemoteError
 from ..log import get_logger
-from ..ports import free_port, wait_until
+from ..ports import ChildServer, free_port
+
+
+class _Router(ChildServer):
+    what = "sglang-router"
+
+    def __init__(self, worker_roots: list[str], policy: str, host: str, port: int | None, health_interval_s: int,
+                 extra_args: tuple[str, ...], log_file):
+        super().__init__(port=port, host=host, log_file=log_file)
+        self.worker_roots, self.policy = worker_roots, policy
+        self.health_interval_s, self.extra_args = health_interval_s, extra_args
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sglang_router.launch_router", "--host", self.host, "--port", str(self.port),
+                "--worker-urls", *self.worker_roots, "--policy", self.policy,
+                "--health-check-interval-secs", str(self.health_interval_s),
+                "--prometheus-port", str(free_port()), "--log-level", "warn", *self.extra_args]
+
+    async def ready(self, h: httpx.AsyncClient) -> bool:
+        r = await h.get(self.root + "/workers")
+        return r.status_code == 200 and r.text.count('"is_healthy":true') >= len(self.worker_roots)
 
 
 @asynccontextmanager
@@ -31,29 +50,10 @@ async def sglang_router(worker_roots: list[str], *, policy: str = "cache_aware",
         import sglang_router  # noqa: F401
     except ImportError as e:
         raise RemoteError("sglang-router is not installed: pip install 'sglang-router>=0.3,<0.4'") from e
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", host, "--port", str(port),
-           "--worker-urls", *worker_roots, "--policy", policy, "--health-check-interval-secs", str(health_interval_s),
-           "--prometheus-port", str(free_port()), "--log-level", "warn", *extra_args]
-    out = open(log_file, "w") if log_file else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://{host}:{port}"
-    log = get_logger("sgagent.remote").bind(router=url, policy=policy)
+    router = _Router(worker_roots, policy, host, port, health_interval_s, extra_args, log_file)
     try:
-        async with httpx.AsyncClient(timeout=5.0) as h:
-            async def healthy():
-                r = await h.get(url + "/workers")
-                return r.status_code == 200 and r.text.count('"is_healthy":true') >= len(worker_roots)
-
-            await wait_until(healthy, f"sglang-router at {url}", startup_timeout, proc)
-        log.info("router.ready", workers=len(worker_roots))
-        yield url
+        await router.start(startup_timeout)
+        get_logger("sgagent.remote").info("router.ready", router=router.root, policy=policy, workers=len(worker_roots))
+        yield router.root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if out is not subprocess.DEVNULL:
-            out.close()
+        router.stop()
