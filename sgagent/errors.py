@@ -102,3 +102,16 @@ class RemoteError(SgagentError, RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class InvalidImageError(SgagentError, ValueError):
+    """Image input that is not an image: a corrupt or non-image file, an unreadable source, a refused URL."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image with more pixels than the configured limit (sgagent.image's max_pixels, the engine's
+    max_image_pixels)."""
+
+
+class UnsupportedInputError(SgagentError, ValueError):
+    """Input the model cannot take: an image for a text-only model, more images than the model accepts."""

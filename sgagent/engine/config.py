@@ -62,3 +62,9 @@ class EngineConfig:
     constraint_compile_timeout: float = 60.0  # seconds before a compile fails with ConstraintError
     constraint_compile_workers: int = 2  # compiles at once; each can take GBs, so many distinct schemas queue
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # vision-language models: images per prompt (more fail with UnsupportedInputError), the pixel limit of one
+    # image (ImageTooLargeError), and the vision encoder's outputs kept by content hash (LRU, in bytes) so a fork,
+    # a second turn or another program about the same image does not encode it again
+    max_images_per_prompt: int = 16
+    max_image_pixels: int = 1 << 24
+    image_cache_bytes: int = 256 << 20

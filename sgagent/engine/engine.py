@@ -22,15 +22,17 @@ from ..errors import (
     InvalidPromptError,
     PromptTooLongError,
     RequestAbortedError,
+    UnsupportedInputError,
 )
 from ..log import get_logger
 from . import compute
 from .config import EngineConfig
 from .constrained.partial import text_or_values
+from .images import ImagePrompts, MultimodalPrompt
 from .model.source import resolve
 from .output import OutputText
 from .programs import current_call
-from .prompts import Prompting
+from .prompts import Prompting, message_images
 from .request import GenerateResult, SamplingParams, Usage, new_request_id, split_sampling
 from .runner import ModelRunner
 from .scheduler import Req, Scheduler, StepPlan
@@ -70,6 +72,13 @@ class Engine(Prompting):
             self._parent = _share
             src, self.tokenizer = _share._src, _share.tokenizer
             self.runner = compute.call(ModelRunner, src, cfg, _share.runner.model)
+        self.vision = None  # a vision-language model's image prompting (images.py)
+        if src.family is not None:
+            self.vision = _share.vision if _share is not None else ImagePrompts(
+                src.path, src.family, src.config.vocab_size, self.tokenizer, cfg.max_images_per_prompt,
+                cfg.max_image_pixels)
+            if not self.tokenizer.chat_template:  # LLaVA folders keep the template with the processor
+                self.tokenizer.chat_template = self.vision.processor.chat_template
         if cfg.max_batch_tokens is None:
             cfg.max_batch_tokens = 8192 if self.runner.device.type == "cuda" else 2048
         self._src = src
@@ -147,6 +156,8 @@ class Engine(Prompting):
             raise PromptTooLongError(f"prompt of {len(ids)} tokens does not fit the KV pool "
                                      f"({pool.capacity} pages of {pool.page_size}); raise kv_cache_bytes")
         req = Req(new_request_id(), ids, params, next(self._arrivals), logprob_start=logprob_start)
+        if isinstance(prompt, MultimodalPrompt):
+            req.images = prompt.images
         if params.seed is not None:
             req.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
         req.constraint = constraint
@@ -171,10 +182,13 @@ class Engine(Prompting):
         self.scheduler.add(req)
         self._wake.set()
 
-    async def generate(self, prompt=None, *, messages=None, logprob_start: int | None = None,
-                       **sampling) -> GenerateResult:
-        """Generate from a prompt (text or token ids) or chat messages. Sampling keywords: SamplingParams."""
-        req = await self._prepare(prompt, messages, sampling, stream=False, logprob_start=logprob_start)
+    async def generate(self, prompt=None, *, messages=None, images: list | None = None,
+                       logprob_start: int | None = None, **sampling) -> GenerateResult:
+        """Generate from a prompt (text, token ids or a MultimodalPrompt) or chat messages. Sampling keywords:
+        SamplingParams. On a vision-language model, images= go with a text prompt (its i-th image token stands
+        for the i-th), and messages may hold image content parts ({"type": "image", "image": ...})."""
+        req = await self._prepare(prompt, messages, sampling, stream=False, logprob_start=logprob_start,
+                                  images=images)
         self._submit(req)
         try:
             return await req.handle.future
@@ -193,7 +207,7 @@ class Engine(Prompting):
         return text_or_values(self._stream, prompt, messages, result, text, sampling)
 
     async def _stream(self, prompt, messages, result: list | None, sampling: dict) -> AsyncIterator[str]:
-        req = await self._prepare(prompt, messages, sampling, stream=True)
+        req = await self._prepare(prompt, messages, sampling, stream=True, images=sampling.pop("images", None))
         self._submit(req)
         try:
             while (piece := await req.handle.queue.get()) is not _DONE:
@@ -205,10 +219,30 @@ class Engine(Prompting):
             if not req.finished:
                 self.abort(req)
 
-    async def _prepare(self, prompt, messages, sampling: dict, stream: bool, logprob_start=None) -> Req:
+    async def _prepare(self, prompt, messages, sampling: dict, stream: bool, logprob_start=None,
+                       images=None) -> Req:
         params, spec = split_sampling(sampling)
+        prompt, messages = await self._with_images(prompt, messages, images)
         constraint = await self._constraint_state(spec) if spec else None
         return self._make_req(prompt, messages, params, stream, logprob_start, constraint)
+
+    async def multimodal_prompt(self, text: str, images: list, add_special_tokens: bool = True) -> MultimodalPrompt:
+        """text whose i-th image token (the processor's, e.g. "<image>") stands for images[i], as token ids with
+        the image rows in; for generate, score and stream like any prompt."""
+        if self.vision is None:
+            raise UnsupportedInputError(f"{self.model_path} is a text-only model: it takes no images")
+        return await self.vision.build_async(text, list(images), add_special_tokens)
+
+    async def _with_images(self, prompt, messages, images):
+        """(prompt, messages) with any images folded into a MultimodalPrompt."""
+        found = message_images(messages) if messages is not None else []
+        if not images and not found:
+            return prompt, messages
+        if images and (messages is not None or not isinstance(prompt, str)):
+            raise InvalidPromptError("images= goes with a text prompt; in messages, images are content parts")
+        if messages is not None:
+            return await self.multimodal_prompt(self.render(messages), found, add_special_tokens=False), None
+        return await self.multimodal_prompt(prompt, images), None
 
     def _compiler(self, build: bool = True):
         """The constraint compiler in use: the with_config source's while it is open and configured alike,
@@ -231,13 +265,15 @@ class Engine(Prompting):
 
     async def score(self, prompt=None, continuations: list[str] = (), *, messages=None) -> list[list[float]]:
         """Log-probabilities of each continuation's tokens after the prompt, all scored in one batch."""
+        prompt, messages = await self._with_images(prompt, messages, None)
         base = self.tokenize(prompt, messages)
         conts = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
         if any(not c for c in conts):
             raise InvalidPromptError("a continuation is empty")
         params = SamplingParams(max_tokens=0)
+        full = prompt.extended if isinstance(prompt, MultimodalPrompt) else (lambda c: base + c)
         results = await asyncio.gather(*(
-            self.generate(base + c, logprob_start=len(base), **dataclasses.asdict(params)) for c in conts
+            self.generate(full(c), logprob_start=len(base), **dataclasses.asdict(params)) for c in conts
         ))
         return [r.prompt_logprobs for r in results]
 
@@ -475,4 +511,6 @@ class Engine(Prompting):
             out.update(s.retention.stats())
         if (compiler := self._compiler(build=False)) is not None:
             out.update(compiler.stats())
+        if self.runner.vision is not None:
+            out.update(self.runner.vision.stats())
         return out

@@ -14,9 +14,11 @@ from .attention.flashinfer_backend import FlashInferAttention  # flashinfer itse
 from .config import EngineConfig
 from .constrained.fsm import apply_masks
 from .cpu_ops import cpu_ops
+from .images import VisionCache, split_pseudo
 from .kv_pool import KVPool
 from .model.invariance import invariant_numerics
 from .model.llama import CausalLM
+from .model.multimodal import build_encoder, split_checkpoint
 from .model.source import ModelSource
 from .sampler import sample
 from .scheduler import StepPlan
@@ -72,12 +74,19 @@ class ModelRunner:
         if model is None:
             model = CausalLM(src.config, src.hf_config)
             blocks = src.load_block_quantized() if self._use_gguf_blocks(cfg) else {}
-            model.load(src.load_tensors())
+            tensors, vision = src.load_tensors(), None
+            if src.family is not None:
+                tensors, vision = split_checkpoint(tensors)
+            model.load(tensors)
+            if vision is not None:
+                model.encoder = build_encoder(src.vlm_config, vision)  # after load: its names are not the LM's
             model = model.to_device(self.device, self.dtype).eval()
             if blocks:
                 n = model.attach_packed(blocks)
                 get_logger("sgagent.engine").info("engine.gguf_blocks", matrices=n)
         self.model = model
+        encoder = getattr(model, "encoder", None)
+        self.vision = VisionCache(encoder, cfg.image_cache_bytes, self.device, self.dtype) if encoder else None
         self.pool = KVPool(src.config, cfg.page_size, cfg.kv_cache_bytes, self.dtype, self.device, cfg.kv_pages)
         self.deterministic = self._can_be_invariant(cfg)
         self.attn = make_backend(cfg.attention_backend, self.pool, self.device, src.config.num_heads, self.dtype,
@@ -120,6 +129,23 @@ class ModelRunner:
             it.req.params.greedy and it.req.constraint is None and not it.req.params.logprobs
             for it in plan.items if it.sample)
 
+    def _embed_with_images(self, plan: StepPlan, ids: torch.Tensor) -> torch.Tensor:
+        """The step's input embeddings, image rows taken from the vision encoder's output (vision cache)."""
+        vocab = self.config.vocab_size
+        mask = ids >= vocab
+        at = mask.nonzero()[:, 0]
+        tags, rows = split_pseudo(vocab, ids[at])
+        wanted = set(tags.tolist())
+        known = {t: img for it in plan.items for t, img in it.req.images.items() if t in wanted}
+        if len(known) != len(wanted):
+            raise ValueError("a step holds image ids of no image its requests carry")
+        encoded = self.vision.rows(known)
+        x = self.model.model.embed_tokens(ids.masked_fill(mask, 0))
+        for tag, out in encoded.items():
+            sel = tags == tag
+            x[at[sel]] = out[rows[sel]].to(x.dtype)
+        return x
+
     def step(self, plan: StepPlan) -> StepOutput:
         with invariant_numerics(self.deterministic):
             return self._step(plan)
@@ -131,12 +157,14 @@ class ModelRunner:
             self.pool.copy_tokens(plan.copies)
         lp_rows = [r for it in plan.items for r in it.lp_rows]
         rows = torch.tensor(b.logit_rows + lp_rows, dtype=torch.long, device=self.device)
-        if self.graphs is not None and self.graphs.fits(b):
+        images = self.vision is not None and max(b.input_ids, default=0) >= self.config.vocab_size
+        if self.graphs is not None and not images and self.graphs.fits(b):
             logits = self.graphs.run(b)[rows]  # a decode's row i is sequence i
         else:
             ids = torch.tensor(b.input_ids, dtype=torch.long, device=self.device)
             pos = torch.tensor(b.positions, dtype=torch.long, device=self.device)
-            hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device), self.cpu_ops)
+            embeds = self._embed_with_images(plan, ids) if images else None
+            hidden = self.model(ids, pos, self.attn, self.attn.prepare(b, self.device), self.cpu_ops, embeds)
             if len(rows) and self._argmax_only(plan, lp_rows):
                 tokens = self.cpu_ops.argmax_rows(self.model.scores(hidden[rows], self.cpu_ops)).tolist()
                 return StepOutput(tokens, [None] * len(tokens), [[] for _ in plan.items])

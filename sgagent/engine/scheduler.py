@@ -55,6 +55,7 @@ class Req:
     handle: object = None  # the engine's per-request output side
     program: Program | None = None  # the program that sent it (programs.py), None for a plain request
     path: tuple[int, ...] = ()  # its branch in that program
+    images: dict = field(default_factory=dict)  # tag -> PreparedImage for the image rows of its prompt (images.py)
 
     def __post_init__(self):
         self.tokens = list(self.prompt_ids)

