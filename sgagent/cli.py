@@ -92,14 +92,14 @@ async def chat(model: str | None, max_tokens: int, system_prompt: str | None) ->
 
 
 async def serve(model: str | None, host: str, port: int, name: str | None, max_body: int, dtype: str,
-                kv_mib: int | None) -> None:
+                kv_mib: int | None, image_dir: str | None = None) -> None:
     from .engine import Engine
     from .server import serve as run_server
 
     options = {"dtype": dtype} | ({"kv_cache_bytes": kv_mib << 20} if kv_mib else {})
     async with Engine(model, **options) as engine:
         print(f"sgagent: serving {engine.model_path} on http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
-        await run_server(engine, host=host, port=port, model=name, max_body_bytes=max_body)
+        await run_server(engine, host=host, port=port, model=name, max_body_bytes=max_body, image_dir=image_dir)
 
 
 def bench(args: list[str]) -> int:
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--served-model-name", default=None, help="the model id clients ask for (default: file name)")
     v.add_argument("--max-body-bytes", type=int, default=4 << 20)
+    v.add_argument("--image-dir", default=None, help="the directory chat requests may read file:// images from")
     v.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     v.add_argument("--kv-cache-mib", type=int, default=None, help="KV pool size (default: the engine's)")
     sub.add_parser("bench", add_help=False, help="the benchmark suite of the paper's workloads (from a checkout); "
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "serve":
         try:
             asyncio.run(serve(a.model, a.host, a.port, a.served_model_name, a.max_body_bytes, a.dtype,
-                              a.kv_cache_mib))
+                              a.kv_cache_mib, a.image_dir))
         except KeyboardInterrupt:
             pass
     return 0

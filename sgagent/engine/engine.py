@@ -75,8 +75,7 @@ class Engine(Prompting):
         self.vision = None  # a vision-language model's image prompting (images.py)
         if src.family is not None:
             self.vision = _share.vision if _share is not None else ImagePrompts(
-                src.path, src.family, src.config.vocab_size, self.tokenizer, cfg.max_images_per_prompt,
-                cfg.max_image_pixels)
+                src.path, src.family, src.config.vocab_size, self.tokenizer)
             if not self.tokenizer.chat_template:  # LLaVA folders keep the template with the processor
                 self.tokenizer.chat_template = self.vision.processor.chat_template
         if cfg.max_batch_tokens is None:
@@ -231,7 +230,8 @@ class Engine(Prompting):
         the image rows in; for generate, score and stream like any prompt."""
         if self.vision is None:
             raise UnsupportedInputError(f"{self.model_path} is a text-only model: it takes no images")
-        return await self.vision.build_async(text, list(images), add_special_tokens)
+        return await self.vision.build_async(text, list(images), add_special_tokens, self.config.max_images_per_prompt,
+                                             self.config.max_image_pixels)
 
     async def _with_images(self, prompt, messages, images):
         """(prompt, messages) with any images folded into a MultimodalPrompt."""

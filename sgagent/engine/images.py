@@ -66,12 +66,10 @@ _PROCESSOR_KWARGS = {"llava": {}, "idefics3": {"return_row_col_info": True}}
 class ImagePrompts:
     """Per engine: the model folder's processor, and prompt text + images as a MultimodalPrompt."""
 
-    def __init__(self, path, family: str, vocab_size: int, tokenizer, max_images: int, max_pixels: int,
-                 cache_size: int = 64):
+    def __init__(self, path, family: str, vocab_size: int, tokenizer, cache_size: int = 64):
         from transformers import AutoProcessor
 
         self.family, self.vocab_size, self.tokenizer = family, vocab_size, tokenizer
-        self.max_images, self.max_pixels = max_images, max_pixels
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.image_token = self.processor.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
@@ -99,16 +97,17 @@ class ImagePrompts:
             self._prepared.popitem(last=False)
         return p
 
-    def build(self, text: str, images: list, add_special_tokens: bool) -> MultimodalPrompt:
+    def build(self, text: str, images: list, add_special_tokens: bool, max_images: int,
+              max_pixels: int) -> MultimodalPrompt:
         """The prompt `text`, whose i-th image token stands for images[i] (Image or anything sgagent.image takes)."""
-        if len(images) > self.max_images:
+        if len(images) > max_images:
             raise UnsupportedInputError(f"{len(images)} images in one prompt; this engine takes at most "
-                                        f"{self.max_images} (EngineConfig.max_images_per_prompt)")
+                                        f"{max_images} (EngineConfig.max_images_per_prompt)")
         parts = text.split(self.image_token)
         if len(parts) - 1 != len(images):
             raise InvalidPromptError(f"the prompt has {len(parts) - 1} image placeholders ({self.image_token!r}) "
                                      f"for {len(images)} images")
-        prepared = [self.prepare(image(x, self.max_pixels)) for x in images]
+        prepared = [self.prepare(image(x, max_pixels)) for x in images]
         pieces = [parts[0]]
         for p, after in zip(prepared, parts[1:]):
             pieces += [p.placeholder, after]
@@ -124,9 +123,9 @@ class ImagePrompts:
                 k += 1
         return MultimodalPrompt(ids, {p.tag: p for p in prepared})
 
-    async def build_async(self, text: str, images: list, add_special_tokens: bool) -> MultimodalPrompt:
+    async def build_async(self, *args) -> MultimodalPrompt:
         """build off the event loop: decoding and resizing images takes milliseconds each."""
-        return await asyncio.to_thread(functools.partial(self.build, text, images, add_special_tokens))
+        return await asyncio.to_thread(functools.partial(self.build, *args))
 
 
 class VisionCache:

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..engine.programs import calling
-from ..errors import SgagentError
+from ..engine.prompts import message_images
+from ..errors import SgagentError, UnsupportedInputError
+from ..image_input import Image
 from ..log import get_logger
 from .chat import ChatRenderer
-from .roles import Message
+from .roles import Message, content_parts
 
 SELECT_METHODS = ("normalized", "total")
 _END = object()
@@ -25,7 +27,8 @@ class ProgramState:
         self._chat = ChatRenderer(engine)
         self._text = ""
         self._history: list[dict] = []  # completed chat messages
-        self._block: list | None = None  # [role, content] of an open role block
+        self._block: list | None = None  # [role, content parts (str, Image)] of an open role block
+        self._images: list[Image] = []  # the images of the prompt so far, in order (outside an open block)
         self._vars: dict[str, Any] = {}
         self.info: dict[str, dict] = {}  # per variable: usage, finish reason, select scores...
         self.return_value: Any = None
@@ -48,19 +51,40 @@ class ProgramState:
             self._append_message(item.as_dict())
         elif isinstance(item, str):
             self._append_text(item)
+        elif isinstance(item, Image):
+            self._append_image(item)
         else:
-            raise TypeError(f"can add str or a role message to a program state, not {type(item).__name__}")
+            raise TypeError(f"can add str, an image or a role message to a program state, not {type(item).__name__}")
         return self
 
     def _append_message(self, msg: dict) -> None:
         self._text += self._chat.message(self._history, msg)
         self._history.append(msg)
+        self._images += message_images([msg])
 
     def _append_text(self, text: str) -> None:
         if self._block is not None:
-            self._block[1] += text
+            self._block[1].append(text)
         else:
             self._text += text
+
+    def _append_image(self, img: Image) -> None:
+        """An image where the prompt is: in a role block, a content part; in plain text, the model's image token."""
+        if self._block is not None:
+            self._block[1].append(img)
+            return
+        if self.engine.vision is None:
+            raise UnsupportedInputError("this engine's model is text-only: it takes no images")
+        self._text += self.engine.vision.image_token
+        self._images.append(img)
+
+    def _block_content(self):
+        parts = self._block[1]
+        return "".join(parts) if all(isinstance(p, str) for p in parts) else content_parts(tuple(parts))
+
+    def _block_text(self) -> str:
+        token = self.engine.vision.image_token if self.engine.vision is not None else ""
+        return "".join(token if isinstance(p, Image) else p for p in self._block[1])
 
     def system(self):
         return self._role_block("system")
@@ -75,11 +99,11 @@ class ProgramState:
     async def _role_block(self, role: str):
         if self._block is not None:
             raise SgagentError(f"role blocks do not nest (a {self._block[0]} block is open)")
-        self._block = [role, ""]
+        self._block = [role, []]
         try:
             yield self
         finally:
-            _, content = self._block
+            content = self._block_content()
             self._block = None
         self._append_message({"role": role, "content": content})
 
@@ -87,18 +111,31 @@ class ProgramState:
         """The prompt so far, as the model sees it."""
         if self._block is None:
             return self._text
-        role, content = self._block
-        return self._text + self._chat.role_prefix(self._history, role) + content
+        return self._text + self._chat.role_prefix(self._history, self._block[0]) + self._block_text()
 
     def messages(self) -> list[dict]:
         out = [dict(m) for m in self._history]
         if self._block is not None:
-            out.append({"role": self._block[0], "content": self._block[1]})
+            out.append({"role": self._block[0], "content": self._block_content()})
         return out
+
+    def images(self) -> list[Image]:
+        """The prompt's images, in order."""
+        extra = [p for p in self._block[1] if isinstance(p, Image)] if self._block is not None else []
+        return self._images + extra
 
     def token_ids(self) -> list[int]:
         # a chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS)
+        if self.images():
+            raise SgagentError("a prompt with images is a MultimodalPrompt: await state.prompt()")
         return self.engine.tokenizer.encode(self.text(), add_special_tokens=not self._history)
+
+    async def prompt(self):
+        """The prompt as the engine takes it: token ids, or with images a MultimodalPrompt."""
+        images = self.images()
+        if not images:
+            return self.token_ids()
+        return await self.engine.multimodal_prompt(self.text(), images, add_special_tokens=not self._history)
 
     def __getitem__(self, name: str):
         return self._vars[name]
@@ -124,7 +161,7 @@ class ProgramState:
                   grammar: str | None = None, **extra):
         """Generate at the end of the prompt; the text is appended and stored under `name`. At most one
         constraint: regex, json_schema (the variable holds the parsed value), choices, or a Lark/GBNF grammar."""
-        prompt = self.token_ids()
+        prompt = await self.prompt()
         with self._call():
             r = await self.engine.generate(
                 prompt, max_tokens=max_tokens, stop=stop or [], temperature=temperature, top_p=top_p, top_k=top_k,
@@ -140,7 +177,7 @@ class ProgramState:
     async def stream_gen(self, name: str | None = None, **sampling) -> AsyncIterator:
         """Like gen, yielding text as it is decoded; the state has the whole text once the loop ends. With
         json_schema= it yields partial values, then the validated one (Engine.stream), which the variable holds."""
-        prompt = self.token_ids()
+        prompt = await self.prompt()
         done, last = [], None
         stream = self.engine.stream(prompt, result=done, **sampling)
         try:
@@ -167,7 +204,7 @@ class ProgramState:
         if method not in SELECT_METHODS:
             raise ValueError(f"method must be one of {SELECT_METHODS}")
         with self._call():
-            token_lps = await self.engine.score(self.token_ids(), choices)
+            token_lps = await self.engine.score(await self.prompt(), choices)
         totals = [sum(lp) for lp in token_lps]
         scores = totals if method == "total" else [t / len(lp) for t, lp in zip(totals, token_lps)]
         best = max(range(len(choices)), key=lambda i: (scores[i], -i))
@@ -189,6 +226,7 @@ class ProgramState:
         for i in range(n):
             b = ProgramState(self.engine, self.program_id, self.path + (i,), parent=self)
             b._text, b._history, b._vars = self._text, list(self._history), dict(self._vars)
+            b._images = list(self._images)
             b._chat.tools = self._chat.tools
             b._base_vars = dict(self._vars)
             out.append(b)

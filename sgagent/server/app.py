@@ -56,13 +56,16 @@ def model_id(engine) -> str:
     return p.stem if p.suffix == ".gguf" else p.name
 
 
-def create_app(engine, *, model: str | None = None, max_body_bytes: int = 4 << 20) -> FastAPI:
-    """An app serving `engine` under the model name `model` (default: the weights' file or folder name)."""
+def create_app(engine, *, model: str | None = None, max_body_bytes: int = 4 << 20,
+               image_dir: str | None = None) -> FastAPI:
+    """An app serving `engine` under the model name `model` (default: the weights' file or folder name).
+    image_dir: the one directory whose files chat requests may name as file:// images (default: none)."""
     name = model or model_id(engine)
     metrics = Metrics(engine)
     log = get_logger("sgagent.server")
     app = FastAPI(title="sgagent", description="OpenAI-compatible API over an embedded sgagent engine")
     app.state.engine, app.state.model = engine, name
+    app.state.image_dir = Path(image_dir).resolve() if image_dir else None
     errors.install(app)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from ..errors import IncompleteGenerationError
 from .errors import APIError
+from ..engine.prompts import message_images
 from .generation import (ToolPlan, branch_kwargs, constraint, generate_choice, normalize_messages,
                          sampling_kwargs, usage)
 from .protocol import ChatCompletionRequest
@@ -53,7 +54,7 @@ def _message(r, plan: ToolPlan | None) -> tuple[dict, str]:
 async def chat_completions(engine, model: str, req: ChatCompletionRequest, request: Request, metrics):
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    messages = normalize_messages(req.messages)
+    messages = normalize_messages(req.messages, request.app.state.image_dir)
     plan = ToolPlan.of(req)
     tools = None
     if plan is not None:
@@ -64,7 +65,11 @@ async def chat_completions(engine, model: str, req: ChatCompletionRequest, reque
     else:
         spec = constraint(req, req.response_format)
     text = engine.render(messages, tools=tools)
-    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    images = message_images(messages)
+    if images:
+        ids = await engine.multimodal_prompt(text, images, add_special_tokens=False)
+    else:
+        ids = engine.tokenizer.encode(text, add_special_tokens=False)
     room = engine.max_context - len(ids)
     if room < 1:
         raise APIError(400, f"the messages are {len(ids)} tokens; the context holds {engine.max_context}",

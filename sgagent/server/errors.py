@@ -6,8 +6,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..errors import (ConstraintError, EngineClosedError, InvalidPromptError, InvalidSamplingParamsError,
-                      PromptTooLongError, SgagentError)
+from ..errors import (ConstraintError, EngineClosedError, InvalidImageError, InvalidPromptError,
+                      InvalidSamplingParamsError, PromptTooLongError, SgagentError, UnsupportedInputError)
 
 
 class APIError(Exception):
@@ -27,6 +27,8 @@ def from_engine(e: SgagentError) -> APIError:
         return APIError(400, str(e), param="messages", code="context_length_exceeded")
     if isinstance(e, ConstraintError):
         return APIError(400, str(e), param="response_format", code="invalid_constraint")
+    if isinstance(e, (InvalidImageError, UnsupportedInputError)):
+        return APIError(400, str(e), param="messages", code="invalid_image")
     if isinstance(e, (InvalidPromptError, InvalidSamplingParamsError)):
         return APIError(400, str(e))
     if isinstance(e, EngineClosedError):

@@ -9,6 +9,7 @@ from ..errors import IncompleteGenerationError
 from ..tools.schema import FINAL, step_schema
 from ..tools.toolset import tools_system_message
 from .errors import APIError
+from .images import image_source
 from .protocol import ChatCompletionRequest, NamedToolChoice, Sampling
 
 
@@ -91,8 +92,9 @@ class ToolPlan:
         return None, [{"name": c["name"], "arguments": json.dumps(c["arguments"])} for c in calls if c["name"] != FINAL]
 
 
-def normalize_messages(messages: list[dict]) -> list[dict]:
-    """Chat messages as templates take them: text parts joined, an assistant's tool calls written as JSON."""
+def normalize_messages(messages: list[dict], image_dir=None) -> list[dict]:
+    """Chat messages as templates take them: text parts joined (kept as parts beside images), an assistant's
+    tool calls written as JSON."""
     out = []
     for i, m in enumerate(messages):
         role = m.get("role")
@@ -100,15 +102,13 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
             raise APIError(400, f"messages[{i}].role must be system, user, assistant or tool", param="messages")
         content = m.get("content")
         if isinstance(content, list):
-            if any(p.get("type") != "text" for p in content if isinstance(p, dict)):
-                raise APIError(400, f"messages[{i}]: only text content parts are supported", param="messages")
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = _parts(content, i, image_dir)
         if content is None and m.get("tool_calls"):
             calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"].get("arguments") or "{}")}
                      for c in m["tool_calls"]]
             content = json.dumps(calls[0] if len(calls) == 1 else calls)
-        if not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content must be text", param="messages")
+        if not isinstance(content, (str, list)):
+            raise APIError(400, f"messages[{i}].content must be text or content parts", param="messages")
         msg = {"role": "system" if role == "developer" else role, "content": content}
         if m.get("name"):
             msg["name"] = m["name"]
@@ -116,6 +116,21 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
             msg["tool_call_id"] = m["tool_call_id"]
         out.append(msg)
     return out
+
+
+def _parts(content: list, i: int, image_dir) -> str | list[dict]:
+    parts = []
+    for p in content:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": p.get("text", "")})
+        elif kind == "image_url":
+            parts.append({"type": "image", "image": image_source(p, i, image_dir)})
+        else:
+            raise APIError(400, f"messages[{i}]: content parts are text or image_url, not {kind!r}", param="messages")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
 async def generate_choice(engine, ids: list[int], kwargs: dict, spec: dict):
