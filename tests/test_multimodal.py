@@ -231,3 +231,27 @@ async def test_server_takes_data_url_images_from_the_openai_client(vlms, tmp_pat
         await client.close()
         await srv.stop()
     await settle(e)
+
+
+async def test_readme_image_example_runs(vlms, tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "image(" in b]
+    picture(8).save(tmp_path / "cat.png")
+    monkeypatch.chdir(tmp_path)
+    made = []
+
+    def make_engine(*a, **kw):
+        made.append(vlms["idefics3"].with_config(kv_cache_bytes=16 << 20))
+        return made[-1]
+
+    monkeypatch.setattr(sgagent, "Engine", make_engine)
+    ns: dict = {}
+    exec(compile(code.replace("asyncio.run(main())", ""), "README.md", "exec"), ns)
+    await ns["main"]()
+    out = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("20")]  # not log lines
+    assert re.search(r"\[('yes'|'no'), ('yes'|'no')\]$", out[0])
+    assert float(out[-1].split()[-1]) > 0  # the second call found the picture's KV
+    assert made and all(e._closed for e in made)

@@ -245,11 +245,14 @@ def test_serve_binds_to_loopback_unless_told(monkeypatch):
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     seen = {}
 
-    async def fake_serve(model, host, port, name, max_body, dtype, kv_mib):
+    async def fake_serve(model, host, port, name, max_body, dtype, kv_mib, image_dir):
         seen.update(host=host, port=port, dtype=dtype, kv_mib=kv_mib)
+        if image_dir is not None:
+            seen["image_dir"] = image_dir
 
     monkeypatch.setattr(cli, "serve", fake_serve)
     assert cli.main(["serve", "--port", "9123"]) == 0
     assert seen == {"host": "127.0.0.1", "port": 9123, "dtype": "auto", "kv_mib": None}
     assert cli.main(["serve", "--dtype", "float32", "--kv-cache-mib", "64"]) == 0
     assert seen["dtype"] == "float32" and seen["kv_mib"] == 64
+    assert cli.main(["serve", "--image-dir", "/srv/pictures"]) == 0 and seen["image_dir"] == "/srv/pictures"

@@ -26,6 +26,29 @@ def message_images(messages) -> list:
             for p in m["content"] if _is_image(p)]
 
 
+def for_template(m: dict, multimodal: bool) -> dict:
+    """A message as templates take it. A vision-language model's template reads content as a list of parts
+    ({"type": "image"} where an image goes); a text-only one reads a string."""
+    content = m.get("content")
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for p in content:
+            if _is_image(p):
+                if not multimodal:
+                    raise UnsupportedInputError("this engine's model is text-only: it takes no images")
+                parts.append({"type": "image"})
+            elif isinstance(p, str):
+                parts.append({"type": "text", "text": p})
+            elif isinstance(p, dict) and p.get("type") == "text":
+                parts.append({"type": "text", "text": p.get("text", "")})
+            else:
+                raise InvalidPromptError(f"unknown content part {p!r:.80}")
+        content = parts if multimodal else "".join(p["text"] for p in parts)
+    elif multimodal and isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    return {**m, "content": content}
+
+
 class Prompting:
     """Needs `self.tokenizer` and `self.model_config` (for the vocabulary size)."""
 
@@ -48,32 +71,8 @@ class Prompting:
         """Messages as text, by the model's own chat template (with its tool list where it has one)."""
         extra = {"tools": tools} if tools else {}
         return self.tokenizer.apply_chat_template(
-            [self._for_template(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt,
-            **extra)
-
-    def _for_template(self, m: dict) -> dict:
-        """A message as templates take it. A vision-language model's template reads content as a list of parts
-        ({"type": "image"} where an image goes); a text-only one reads a string."""
-        content = m.get("content")
-        multimodal = getattr(self, "vision", None) is not None
-        if isinstance(content, (list, tuple)):
-            parts = []
-            for p in content:
-                if _is_image(p):
-                    if not multimodal:
-                        raise UnsupportedInputError(f"{getattr(self, 'model_path', 'the model')} is a text-only model: "
-                                                    "it takes no images")
-                    parts.append({"type": "image"})
-                elif isinstance(p, str):
-                    parts.append({"type": "text", "text": p})
-                elif isinstance(p, dict) and p.get("type") == "text":
-                    parts.append({"type": "text", "text": p.get("text", "")})
-                else:
-                    raise InvalidPromptError(f"unknown content part {p!r:.80}")
-            content = parts if multimodal else "".join(p["text"] for p in parts)
-        elif multimodal and isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        return {**m, "content": content}
+            [for_template(m, getattr(self, "vision", None) is not None) for m in messages], tokenize=False,
+            add_generation_prompt=add_generation_prompt, **extra)
 
     @property
     def chat_template_has_tools(self) -> bool:

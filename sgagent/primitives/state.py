@@ -73,7 +73,7 @@ class ProgramState:
         if self._block is not None:
             self._block[1].append(img)
             return
-        if self.engine.vision is None:
+        if getattr(self.engine, "vision", None) is None:
             raise UnsupportedInputError("this engine's model is text-only: it takes no images")
         self._text += self.engine.vision.image_token
         self._images.append(img)
@@ -83,7 +83,8 @@ class ProgramState:
         return "".join(parts) if all(isinstance(p, str) for p in parts) else content_parts(tuple(parts))
 
     def _block_text(self) -> str:
-        token = self.engine.vision.image_token if self.engine.vision is not None else ""
+        vision = getattr(self.engine, "vision", None)
+        token = vision.image_token if vision is not None else ""
         return "".join(token if isinstance(p, Image) else p for p in self._block[1])
 
     def system(self):
@@ -127,10 +128,10 @@ class ProgramState:
     def token_ids(self) -> list[int]:
         # a chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS)
         if self.images():
-            raise SgagentError("a prompt with images is a MultimodalPrompt: await state.prompt()")
+            raise SgagentError("a prompt with images is a MultimodalPrompt: await state.to_prompt()")
         return self.engine.tokenizer.encode(self.text(), add_special_tokens=not self._history)
 
-    async def prompt(self):
+    async def to_prompt(self):
         """The prompt as the engine takes it: token ids, or with images a MultimodalPrompt."""
         images = self.images()
         if not images:
@@ -161,7 +162,7 @@ class ProgramState:
                   grammar: str | None = None, **extra):
         """Generate at the end of the prompt; the text is appended and stored under `name`. At most one
         constraint: regex, json_schema (the variable holds the parsed value), choices, or a Lark/GBNF grammar."""
-        prompt = await self.prompt()
+        prompt = await self.to_prompt()
         with self._call():
             r = await self.engine.generate(
                 prompt, max_tokens=max_tokens, stop=stop or [], temperature=temperature, top_p=top_p, top_k=top_k,
@@ -177,7 +178,7 @@ class ProgramState:
     async def stream_gen(self, name: str | None = None, **sampling) -> AsyncIterator:
         """Like gen, yielding text as it is decoded; the state has the whole text once the loop ends. With
         json_schema= it yields partial values, then the validated one (Engine.stream), which the variable holds."""
-        prompt = await self.prompt()
+        prompt = await self.to_prompt()
         done, last = [], None
         stream = self.engine.stream(prompt, result=done, **sampling)
         try:
@@ -204,7 +205,7 @@ class ProgramState:
         if method not in SELECT_METHODS:
             raise ValueError(f"method must be one of {SELECT_METHODS}")
         with self._call():
-            token_lps = await self.engine.score(await self.prompt(), choices)
+            token_lps = await self.engine.score(await self.to_prompt(), choices)
         totals = [sum(lp) for lp in token_lps]
         scores = totals if method == "total" else [t / len(lp) for t, lp in zip(totals, token_lps)]
         best = max(range(len(choices)), key=lambda i: (scores[i], -i))
