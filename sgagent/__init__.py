@@ -21,6 +21,7 @@ from .primitives.roles import tool_result
 from .tools import ToolSet, tool, tool_loop
 from .agents import Agent, AgentRuntime
 
-__all__ = ["Agent", "AgentRuntime", "Engine", "EngineConfig", "GenerateResult", "Image", "Message", "Program", "ProgramState",
-           "SamplingParams", "ToolSet", "Usage", "assistant", "default_engine", "errors", "gather", "image", "join", "program",
-           "run_batch", "set_default_engine", "system", "tool", "tool_loop", "tool_result", "user"]
+__all__ = ["Agent", "AgentRuntime", "Engine", "EngineConfig", "GenerateResult", "Image", "Message", "Program",
+           "ProgramState", "SamplingParams", "ToolSet", "Usage", "assistant", "default_engine", "errors", "gather",
+           "image", "join", "program", "run_batch", "set_default_engine", "system", "tool", "tool_loop", "tool_result",
+           "user"]
