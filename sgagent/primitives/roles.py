@@ -31,7 +31,8 @@ def content_parts(content):
     return [{"type": "image", "image": p} if isinstance(p, Image) else {"type": "text", "text": p} for p in content]
 
 
-def _content(content):
+def message_content(content):
+    """Text, an image, or a list of both as a Message's content: a str when it is all text, else a tuple."""
     if isinstance(content, (Image, str)):
         content = [content]
     parts = tuple(content)
@@ -41,16 +42,16 @@ def _content(content):
 
 
 def system(content) -> Message:
-    return Message("system", _content(content))
+    return Message("system", message_content(content))
 
 
 def user(content) -> Message:
     """A user message: text, an image, or a list of both in order (`user([image(path), "What is this?"])`)."""
-    return Message("user", _content(content))
+    return Message("user", message_content(content))
 
 
 def assistant(content) -> Message:
-    return Message("assistant", _content(content))
+    return Message("assistant", message_content(content))
 
 
 def tool_result(content: str, name: str | None = None, tool_call_id: str | None = None) -> Message:

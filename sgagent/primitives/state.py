@@ -12,7 +12,7 @@ from ..errors import SgagentError, UnsupportedInputError
 from ..image_input import Image
 from ..log import get_logger
 from .chat import ChatRenderer
-from .roles import Message, content_parts
+from .roles import Message, content_parts, message_content
 
 SELECT_METHODS = ("normalized", "total")
 _END = object()
@@ -79,8 +79,7 @@ class ProgramState:
         self._images.append(img)
 
     def _block_content(self):
-        parts = self._block[1]
-        return "".join(parts) if all(isinstance(p, str) for p in parts) else content_parts(tuple(parts))
+        return content_parts(message_content(self._block[1]))
 
     def _block_text(self) -> str:
         vision = getattr(self.engine, "vision", None)

@@ -96,16 +96,9 @@ class Idefics3Encoder(nn.Module):
 
     def forward(self, inputs: list[dict]) -> list[torch.Tensor]:
         counts = [len(x["pixel_values"]) for x in inputs]
-        tiles = torch.cat([x["pixel_values"] for x in inputs])
+        tiles = torch.cat([x["pixel_values"] for x in inputs])  # one tile size (the tower's side) for all
         masks = torch.cat([x["pixel_attention_mask"] for x in inputs]).bool()
-        # tiles of one shape run together (a processor without splitting may pad images to different sizes)
-        out = torch.empty(0)
-        for shape in dict.fromkeys(t.shape for t in tiles):
-            idx = [i for i, t in enumerate(tiles) if t.shape == shape]
-            rows = self.connector(self._shuffle(self.vision_model(tiles[idx], masks[idx])))
-            if out.numel() == 0:
-                out = rows.new_empty(len(tiles), *rows.shape[1:])
-            out[idx] = rows
+        out = self.connector(self._shuffle(self.vision_model(tiles, masks)))
         return [t.reshape(-1, t.shape[-1]) for t in out.split(counts)]
 
 
