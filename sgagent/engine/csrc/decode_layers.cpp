@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <vector>
 
 #include "ops.h"
 
@@ -25,19 +26,21 @@ constexpr int64_t kWeights = 4, kNorms = 2;
 
 // x @ W^T (+ bias) as model/llama.py's multiply and project compute it, so the values are the same: GGUF tiles
 // through quant_linear; dense up to small_rows rows as W @ x^T (a transposed view; mv for one row), else linear.
-// pad_rows > 0 (a batch-invariant step, model/invariance.py's padded_project): dense always as W @ x^T over the
-// rows padded with zeros to a multiple of 4 and to at least pad_rows.
+// block_rows > 0 (a batch-invariant step, model/invariance.py's padded_project): dense always as W @ x^T over
+// blocks of exactly block_rows rows, the last one padded with zeros.
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, const at::Tensor& bias, int64_t N,
-                   int64_t K, int64_t small_rows, int64_t pad_rows) {
+                   int64_t K, int64_t small_rows, int64_t block_rows) {
   const bool has_bias = bias.numel() > 0;
   at::Tensor y;
   if (qtype != 0) {
     y = sgagent::ops::quant_linear(x, w, qtype, N, K, true);
-  } else if (pad_rows > 0) {
-    const int64_t n = x.size(0), extra = std::max(pad_rows, (n + 3) / 4 * 4) - n;
+  } else if (block_rows > 0) {
+    const int64_t n = x.size(0), extra = (block_rows - n % block_rows) % block_rows;
     // row-major always: oneDNN's bf16 kernel reduces a column-major x otherwise (as padded_project says)
     const at::Tensor xp = extra == 0 ? x.contiguous() : at::cat({x, at::zeros({extra, x.size(1)}, x.options())});
-    y = at::mm(w, xp.t()).t().narrow(0, 0, n);
+    std::vector<at::Tensor> blocks;
+    for (const at::Tensor& block : xp.split(block_rows)) blocks.push_back(at::mm(w, block.t()));
+    y = at::cat(blocks, 1).t().narrow(0, 0, n);
   } else if (x.size(0) > small_rows) {
     return has_bias ? at::linear(x, w, bias) : at::linear(x, w);
   } else if (x.size(0) == 1) {
@@ -51,7 +54,7 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, int64_t qtype, cons
 std::tuple<at::Tensor, at::Tensor> decode_layers(
     const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin,
     at::TensorList weights, at::IntArrayRef qtypes, at::TensorList biases, at::TensorList norms, double eps,
-    int64_t H, int64_t Hkv, int64_t intermediate, int64_t small_rows, int64_t pad_rows, const at::Tensor& k_caches,
+    int64_t H, int64_t Hkv, int64_t intermediate, int64_t small_rows, int64_t block_rows, const at::Tensor& k_caches,
     const at::Tensor& v_caches, const at::Tensor& slots, const at::Tensor& pages, const at::Tensor& limits,
     const at::Tensor& group_pages, const at::Tensor& group_keys, const at::Tensor& group_of, int64_t page_size,
     double scale) {
@@ -70,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
   for (int64_t l = 0; l < L; ++l) {
     const auto proj = [&](int64_t i, const at::Tensor& in, int64_t N, int64_t K) {
       const int64_t at = l * kWeights + i;
-      return project(in, weights[at], qtypes[at], biases[at], N, K, small_rows, pad_rows);
+      return project(in, weights[at], qtypes[at], biases[at], N, K, small_rows, block_rows);
     };
     auto [q, k, v] = sgagent::ops::rope_qkv(proj(0, h, (H + 2 * Hkv) * D, hidden), cos, sin, H, Hkv);
     at::Tensor kc = k_caches.select(0, l), vc = v_caches.select(0, l);
@@ -91,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
 
 TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.def("decode_layers(Tensor x, Tensor h, Tensor cos, Tensor sin, Tensor[] weights, int[] qtypes, Tensor[] biases, "
-        "Tensor[] norms, float eps, int H, int Hkv, int intermediate, int small_rows, int pad_rows, Tensor k_caches, "
+        "Tensor[] norms, float eps, int H, int Hkv, int intermediate, int small_rows, int block_rows, Tensor k_caches, "
         "Tensor v_caches, Tensor slots, Tensor pages, Tensor limits, Tensor group_pages, Tensor group_keys, "
         "Tensor group_of, int page_size, float scale) -> (Tensor, Tensor)");
   m.impl("decode_layers", c10::DispatchKey::CPU, TORCH_FN(decode_layers));

@@ -2,15 +2,16 @@
 is in the step.
 
 A row's result from a matmul is only reproducible if the kernel reduces it in one fixed order; which kernel
-runs, and so which order, is picked by the number of rows. Measured on this project's CPUs (tests/
-test_determinism.py checks it on every run, on the model's shapes): with W @ x^T (the orientation the fast path
-uses for few rows: MKL/oneDNN are faster that way round there), float32 rows get other values at 1-8 rows than in
-a batch of 1,024, and the same from 12 rows up when the count is a multiple of 4; without the padding the rows
-past the last multiple of 4 differ. The GGUF-block op (csrc/quant_linear.cpp) computes every output element by
-the same sequence of tile products at any row count. So an invariant step takes the GGUF blocks at any row count
-where the model has them, and else W @ x^T over max(MIN_ROWS, a multiple of ROW_MULTIPLE) rows, zeros appended:
-at prefill sizes that orientation is within 7% of x @ W^T, at 16-64 rows it is the fast path's own, and a decode
-of fewer rows pays for 16 (bf16: no slower measured; float32's single stream: bench/RESULTS.md).
+runs, and so which order, MKL and oneDNN pick from the shape and the thread count. Measured on this project's
+CPUs (tests/test_determinism.py checks it on every run, on the model's shapes), no padding rule makes every row
+count reduce alike: float32 rows got other values at 1-8 rows than in a batch of 1,024; rows padded to a multiple
+of 4 and to 16 still differed at 60-192 rows for K=1536 (float32, 2 threads), and in bfloat16 at 256-340 rows or
+from 580 or 1,156 rows, depending on K and the threads. So the only shape an invariant step gives a dense product
+is one: blocks of exactly BLOCK_ROWS rows, the last one padded with zeros. Each row is then reduced by the same
+kernel whatever the step holds. That costs about nothing in float32 (prefill of 1,024 rows on the default model's
+shapes: 20.2 ms against 19.8 ms for one product) and 1.14x in bfloat16 (10.0 against 8.8 ms). The GGUF-block op
+(csrc/quant_linear.cpp) computes every output element by the same sequence of tile products at any row count,
+so an invariant step takes the GGUF blocks at any row count where the model has them.
 
 The engine runs one step at a time on its compute thread and says for each step which numerics it wants
 (ModelRunner.step); the model's weights are shared by with_config engines, so this is not the model's attribute.
@@ -23,9 +24,9 @@ from contextvars import ContextVar
 
 import torch
 
-# rows are padded to a multiple of ROW_MULTIPLE, and to at least MIN_ROWS: then MKL and oneDNN reduce each row in
-# the same order at any count
-MIN_ROWS, ROW_MULTIPLE = 16, 4
+# every dense product of an invariant step is W @ x^T over exactly this many rows (the orientation MKL and oneDNN
+# are faster in for few rows, so a decode's step pays little for its padding)
+BLOCK_ROWS = 16
 
 _invariant: ContextVar[bool] = ContextVar("sgagent_batch_invariant", default=False)
 
@@ -44,12 +45,12 @@ def invariant_numerics(on: bool):
 
 
 def padded_project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight^T (+ bias) as (weight @ xp^T)^T over the rows padded as above, so each row's value does not
+    """x @ weight^T (+ bias) as (weight @ block^T)^T over blocks of BLOCK_ROWS rows, so each row's value does not
     depend on how many rows there are. The result is a transposed view (as model.llama.project's)."""
     n = x.shape[0]
-    extra = max(MIN_ROWS, -(-n // ROW_MULTIPLE) * ROW_MULTIPLE) - n
+    extra = -n % BLOCK_ROWS
     # row-major always: oneDNN's bf16 kernel for a column-major x (an attention output's view) reduces otherwise
-    # (measured on AVX2), and only the unpadded counts would pass it through as it is
+    # (measured on AVX2)
     xp = torch.cat((x, x.new_zeros(extra, x.shape[1]))) if extra else x.contiguous()
-    y = torch.mm(weight, xp.t()).t()[:n]
+    y = torch.cat([torch.mm(weight, block.t()) for block in xp.split(BLOCK_ROWS)], dim=1).t()[:n]
     return y if bias is None else y + bias

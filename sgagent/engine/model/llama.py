@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .invariance import MIN_ROWS, batch_invariant, padded_project
+from .invariance import BLOCK_ROWS, batch_invariant, padded_project
 from .quantized import PackedWeight, QuantWeight, pack, packable
 
 # Up to this many rows, a CPU projection runs as W @ x^T: MKL's sgemm is faster that way round for the few rows
@@ -266,8 +266,8 @@ class CausalLM(nn.Module):
         native = self._native_decode(x, attn, meta, ops)
         if native is not None:
             cfg = self.cfg
-            # an invariant step: dense rows padded as padded_project pads them
-            small, pad = (0, MIN_ROWS) if batch_invariant() else (SMALL_ROWS, 0)
+            # an invariant step: dense rows in blocks as padded_project multiplies them
+            small, pad = (0, BLOCK_ROWS) if batch_invariant() else (SMALL_ROWS, 0)
             return ops.decode_layers(x, h, cos, sin, *native[0], cfg.rms_norm_eps, cfg.num_heads, cfg.num_kv_heads,
                                      cfg.intermediate_size, small, pad, *native[1])[1]
         for i, layer in enumerate(layers):
