@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sgagent
-from sgagent.engine.constrained import GrammarState, apply_masks
+from sgagent.engine.constrained import GrammarState, SchemaViolationError, apply_masks
 from sgagent.engine.constrained.grammar import CompiledGrammar
 from sgagent.errors import InvalidGrammarError, UnsupportedSchemaError
 
@@ -84,6 +84,21 @@ async def test_what_llguidance_cannot_enforce_is_checked_after_or_refused_by_nam
             await strict.generate("x", json_schema={"type": "object", "properties": {"a": {"not": {"type": "string"}}}})
     finally:
         await strict.aclose()
+
+
+async def test_property_counts_on_optional_keys_are_checked_after_not_by_a_wrong_grammar(e):
+    # llguidance's lenient compile of such counts drops the listed properties: {"a": true} was refused
+    schema = {"type": "object", "minProperties": 1, "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}},
+              "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9}}
+    c = await compiled(e, {"json_schema": schema})
+    assert c.unenforced and "min/maxProperties" in c.unenforced[0]
+    for ok in ['{"a":true}', '{"b":false}', '{"a":false,"b":true,"c":3}', '{"c":3}']:
+        assert c.accepts(c.vocab.encode(ok)), ok
+    assert not c.accepts(c.vocab.encode('{"c":"x"}'))
+    # the count is the check after's: an output of fewer keys is refused, never returned
+    with pytest.raises(SchemaViolationError, match="minProperties|fewer properties|does not have enough"):
+        await e.generate('The object {"a": true} in compact JSON: ', json_schema={**schema, "minProperties": 6},
+                         max_tokens=40, temperature=0)
 
 
 async def test_grammar_mask_is_the_set_of_tokens_the_parser_takes(e):

@@ -257,6 +257,9 @@ class ConstraintCompiler:
                     err.keyword = where
                     raise err from e
                 c = await build(True)
+                # what the strict compile refused is left to the validation after, whether or not the lenient
+                # grammar still warns of it (property counts are dropped before it sees them)
+                c.unenforced = [str(e), *c.unenforced]
                 self.validated_after += 1
         except TimeoutError as e:
             raise bad(f"compiling the {kind} constraint took over {limit} s; simplify it") from e

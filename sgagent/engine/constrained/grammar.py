@@ -16,7 +16,7 @@ from llguidance import LLMatcher, LLTokenizer
 from llguidance.gbnf_to_lark import any_to_lark
 
 from ...errors import ConstraintError
-from .schema_forms import close_objects
+from .schema_forms import close_objects, drop_property_counts
 from .vocab import TokenVocab, utf8_prefix
 
 # compact JSON, as the outlines path emits: keys and punctuation are forced (jump-forward)
@@ -41,7 +41,8 @@ def is_unenforced(message: str) -> bool:
 def grammar_for(kind: str, value: str | dict, lenient: bool = False, closed: bool = True) -> str:
     if kind == "json_schema":
         opts = {**JSON_OPTIONS, **({"lenient": True, "coerce_one_of": True} if lenient else {})}
-        return LLMatcher.grammar_from_json_schema(close_objects(value) if closed else value, overrides=opts)
+        schema = close_objects(value) if closed else value
+        return LLMatcher.grammar_from_json_schema(drop_property_counts(schema) if lenient else schema, overrides=opts)
     if kind == "grammar":
         # Lark as llguidance writes it, or GBNF (llama.cpp's, SGLang's ebnf=) translated to it
         try:

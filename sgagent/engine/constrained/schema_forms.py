@@ -99,3 +99,35 @@ def _close(schema, inside_all_of: bool, shared: set, path: str):
             and set(out.get("required") or []) <= set(props)):
         out["additionalProperties"] = False
     return out
+
+
+_DATA = ("enum", "const", "default", "examples", "required")
+_COUNTS = ("minProperties", "maxProperties")
+
+
+def drop_property_counts(schema):
+    """A copy of schema without minProperties/maxProperties on open objects that list a property they do not
+    require.
+
+    llguidance (1.9) enforces those counts only on closed objects or where every listed property is required;
+    compiled leniently it
+    does not leave them unchecked but drops the object's listed properties, refusing valid instances such as
+    `{"a": true}` for `{"properties": {"a": ...}, "minProperties": 1}`. Without the counts the grammar accepts
+    a superset, and the validation of the finished output against the original schema checks them.
+    """
+    if isinstance(schema, list):
+        return [drop_property_counts(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _MAP + ("dependentSchemas",) and isinstance(value, dict):
+            out[key] = {name: drop_property_counts(s) for name, s in value.items()}
+        else:
+            out[key] = value if key in _DATA else drop_property_counts(value)
+    props = out.get("properties")
+    if (isinstance(props, dict) and not set(props) <= set(out.get("required") or [])
+            and out.get("additionalProperties", True) is not False):
+        for key in _COUNTS:
+            out.pop(key, None)
+    return out
