@@ -35,7 +35,7 @@ TOOLS = ToolSet([lookup, calculate], timeout=10)
 
 async def main(engine, question: str = "How many times taller is Mount Everest than the Eiffel Tower?",
                max_steps: int = 3):
-    s = ProgramState(engine, "react")
+    s = ProgramState(engine)
     s += TOOLS.system(engine, "Think step by step. Each turn write 'Thought:' with one sentence, then the "
                               "JSON action.")
     s += user(question)

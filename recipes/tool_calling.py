@@ -35,7 +35,7 @@ TOOLS = ToolSet([get_weather, convert], timeout=10)
 
 async def main(engine, task: str = "What is the weather in Lisbon, and what are 50 dollars in euros?",
                max_steps: int = 3):
-    s = ProgramState(engine, "tool-calling")
+    s = ProgramState(engine)
     s += TOOLS.system(engine, "Use the tools to answer. Call one tool at a time.")
     s += user(task)
     r = await tool_loop(s, TOOLS, max_steps=max_steps, max_tokens=96, temperature=0.0)

@@ -157,6 +157,44 @@ async def test_pin_lives_between_calls_and_goes_at_the_end(tiny_models):
         await e.aclose()
 
 
+async def test_a_state_nobody_holds_ends_its_program(tiny_models):
+    """An agent's per-message state is never ended by Program.run: once its handler returns, nothing holds it
+    and its pin goes at once, not at its TTL; a state still held keeps its pin."""
+    from sgagent.agents import Agent, AgentRuntime
+    from sgagent.primitives.state import ProgramState
+
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
+    seen = {}
+
+    class Speaker(Agent):
+        async def handle(self, message, sender):
+            s = self.state()
+            s += SYSTEM + message
+            await s.gen("line", max_tokens=3, temperature=0, ignore_eos=True)
+            seen["in handle"] = e.stats()
+            return s["line"]
+
+    try:
+        kept = ProgramState(e)
+        kept += SYSTEM + " kept"
+        await kept.gen("a", max_tokens=2, temperature=0)
+        other = ProgramState(e)  # ids made up per state: two states are two programs
+        assert other.program_id != kept.program_id
+        async with AgentRuntime(e) as rt:
+            await rt.spawn("speaker", Speaker)
+            await rt.ask("speaker", " hello", timeout=60)
+            await asyncio.sleep(0)  # the end is posted to the loop's next turn
+            assert seen["in handle"]["pins"] == 2 and seen["in handle"]["programs"] == 2
+            s = e.stats()
+            assert s["pins"] == 1 and s["programs"] == 1, s  # only the state still held
+        del kept, other
+        await asyncio.sleep(0)
+        assert_released(e)
+    finally:
+        await e.aclose()
+
+
 async def pinned_call(tiny_models, program_id: str):
     """An engine with one call of program_id done and its path pinned, and that pin."""
     path, _ = tiny_models["llama"]

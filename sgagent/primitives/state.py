@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +19,24 @@ from .roles import Message, content_parts, message_content
 
 SELECT_METHODS = ("normalized", "total")
 _END = object()
+_state_ids = itertools.count()
+
+
+def _unreachable(end_program, program_id: str) -> None:
+    # a collection can run inside the engine's step, in the middle of its pin bookkeeping: end on the next turn
+    try:
+        asyncio.get_running_loop().call_soon(end_program, program_id)
+    except RuntimeError:
+        pass  # no loop (interpreter exit, another thread): the engine forgets idle programs by itself
 
 
 class ProgramState:
-    def __init__(self, engine, program_id: str, path: tuple[int, ...] = (), parent: "ProgramState | None" = None):
+    def __init__(self, engine, program_id: str | None = None, path: tuple[int, ...] = (),
+                 parent: "ProgramState | None" = None):
+        """program_id: unique among the programs running on the engine (one made up when None); the engine keeps
+        a program's KV between its calls and schedules by it."""
         self.engine = engine
-        self.program_id = program_id
+        self.program_id = program_id or f"state-{next(_state_ids)}"
         self.path = path
         self._parent = parent
         self._chat = ChatRenderer(engine)
@@ -33,7 +48,12 @@ class ProgramState:
         self.info: dict[str, dict] = {}  # per variable: usage, finish reason, select scores...
         self.return_value: Any = None
         self._base_vars: dict[str, Any] = {}
-        self.log = get_logger("sgagent.program", program_id=program_id, branch=self.branch_name)
+        self.log = get_logger("sgagent.program", program_id=self.program_id, branch=self.branch_name)
+        end = getattr(engine, "end_program", None)
+        if not path and end is not None:
+            # a trunk nobody holds makes no more calls (an agent's per-message state once `handle` returns, a
+            # state dropped half-way): its program has ended, so its pins go now instead of at their TTL
+            weakref.finalize(self, _unreachable, end, self.program_id)
 
     @property
     def branch_name(self) -> str:
