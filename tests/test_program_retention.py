@@ -158,39 +158,53 @@ async def test_pin_lives_between_calls_and_goes_at_the_end(tiny_models):
 
 
 async def test_a_state_nobody_holds_ends_its_program(tiny_models):
-    """An agent's per-message state is never ended by Program.run: once its handler returns, nothing holds it
-    and its pin goes at once, not at its TTL; a state still held keeps its pin."""
-    from sgagent.agents import Agent, AgentRuntime
     from sgagent.primitives.state import ProgramState
 
     path, _ = tiny_models["llama"]
     e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
-    seen = {}
+    try:
+        kept, dropped = ProgramState(e), ProgramState(e)
+        assert kept.program_id != dropped.program_id  # made up per state: two states are two programs
+        for s in (kept, dropped):
+            s += SYSTEM + s.program_id
+            await s.gen("a", max_tokens=2, temperature=0)
+        assert e.stats()["pins"] == 2
+        del s, dropped
+        await asyncio.sleep(0)  # the end is posted to the loop's next turn
+        st = e.stats()
+        assert st["pins"] == 1 and st["programs"] == 1, st
+        del kept
+        await asyncio.sleep(0)
+        assert_released(e)
+    finally:
+        await e.aclose()
+
+
+async def test_an_agent_is_one_program_across_its_messages(tiny_models):
+    """An agent's per-message states are one program: its KV stays pinned while it awaits its next message (the
+    next message then finds it), and goes when the agent stops."""
+    from sgagent.agents import Agent, AgentRuntime
+
+    path, _ = tiny_models["llama"]
+    e = sgagent.Engine(str(path), kv_pages=64, page_size=4, dtype="float32")
 
     class Speaker(Agent):
         async def handle(self, message, sender):
             s = self.state()
             s += SYSTEM + message
             await s.gen("line", max_tokens=3, temperature=0, ignore_eos=True)
-            seen["in handle"] = e.stats()
             return s["line"]
 
     try:
-        kept = ProgramState(e)
-        kept += SYSTEM + " kept"
-        await kept.gen("a", max_tokens=2, temperature=0)
-        other = ProgramState(e)  # ids made up per state: two states are two programs
-        assert other.program_id != kept.program_id
         async with AgentRuntime(e) as rt:
             await rt.spawn("speaker", Speaker)
             await rt.ask("speaker", " hello", timeout=60)
-            await asyncio.sleep(0)  # the end is posted to the loop's next turn
-            assert seen["in handle"]["pins"] == 2 and seen["in handle"]["programs"] == 2
-            s = e.stats()
-            assert s["pins"] == 1 and s["programs"] == 1, s  # only the state still held
-        del kept, other
-        await asyncio.sleep(0)
-        assert_released(e)
+            await asyncio.sleep(0)
+            st = e.stats()
+            assert st["pins"] == 1 and st["programs"] == 1, st  # between two messages: kept
+            await rt.ask("speaker", " hello again", timeout=60)
+            assert e.stats()["pin_hit_tokens"] > len(SYSTEM) // 8  # the second message found the first's prefix
+        assert_released(e)  # stopped with the runtime: its pin went
     finally:
         await e.aclose()
 

@@ -53,7 +53,9 @@ class Agent(ABC):
         return await self.runtime.ask(to, message, timeout=timeout, sender=self.address)
 
     def state(self):
-        """A fresh ProgramState on the shared engine, logged under this agent's address."""
+        """A fresh ProgramState on the shared engine. Its program is the agent (its address): the engine keeps the
+        agent's KV while it awaits another agent or its next message, as between two calls of one program, and
+        lets it go when the agent stops or crashes."""
         from ..primitives.state import ProgramState
 
-        return ProgramState(self.engine, f"{self.address}/{next(_message_ids)}")
+        return ProgramState(self.engine, self.address, program_ends=False)

@@ -205,12 +205,21 @@ class AgentRuntime:
             cell.outbox.close()
             cell.inbox.close()
             self._cells.pop(cell.address, None)
+            self._end_program(cell)
             cell.done.set()
             log.debug("agent.stop", handled=cell.handled, failures=cell.failures)
+
+    def _end_program(self, cell: _Cell) -> None:
+        # the agent's states make one program (Agent.state): its pinned KV goes with a crash (a restarted
+        # instance starts from fresh memory) and with the agent's stop
+        end = getattr(self._engine, "end_program", None)
+        if end is not None:
+            end(cell.address)
 
     def _after_crash(self, cell: _Cell, error: BaseException, log) -> bool:
         """True: restart. False: stop. Raises AgentFailedError to escalate."""
         cell.failures += 1
+        self._end_program(cell)
         log.warning("agent.crash", error=f"{type(error).__name__}: {error}", policy=type(cell.policy).__name__)
         if isinstance(cell.policy, Restart):
             if cell.policy.allow():

@@ -32,9 +32,10 @@ def _unreachable(end_program, program_id: str) -> None:
 
 class ProgramState:
     def __init__(self, engine, program_id: str | None = None, path: tuple[int, ...] = (),
-                 parent: "ProgramState | None" = None):
+                 parent: "ProgramState | None" = None, *, program_ends: bool = True):
         """program_id: unique among the programs running on the engine (one made up when None); the engine keeps
-        a program's KV between its calls and schedules by it."""
+        a program's KV between its calls and schedules by it. program_ends: once nothing holds this state, its
+        program has ended; False where the program outlives its states (an agent's, whose program is the agent)."""
         self.engine = engine
         self.program_id = program_id or f"state-{next(_state_ids)}"
         self.path = path
@@ -50,9 +51,9 @@ class ProgramState:
         self._base_vars: dict[str, Any] = {}
         self.log = get_logger("sgagent.program", program_id=self.program_id, branch=self.branch_name)
         end = getattr(engine, "end_program", None)
-        if not path and end is not None:
-            # a trunk nobody holds makes no more calls (an agent's per-message state once `handle` returns, a
-            # state dropped half-way): its program has ended, so its pins go now instead of at their TTL
+        if program_ends and not path and end is not None:
+            # a trunk nobody holds makes no more calls (a state dropped half-way, a
+            # helper's throwaway state): its program has ended, so its pins go now instead of at their TTL
             weakref.finalize(self, _unreachable, end, self.program_id)
 
     @property
