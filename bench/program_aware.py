@@ -7,7 +7,7 @@ completion time, cache hit rate, and prompt tokens recomputed (prefill beyond wh
 measured on a pool that holds everything). Then both policies with a pool that holds everything (no loss), and
 the SGLang-paper suite's multi-turn and generative-agents workloads on a small pool.
 
-python -m bench.program_aware [--runs 1] [--small] [--programs 64] [--hold 0.35]
+python -m bench.program_aware [--runs 1] [--small] [--programs 64] [--hold 0.35] [--suite-pages 48] [--suite-only]
 """
 
 from __future__ import annotations
@@ -77,27 +77,34 @@ async def measure(base, n: int, shape: dict, policy: str, pages: int | None, run
     return out
 
 
-async def suite_small_pool(base, pages: int) -> None:
+async def suite_small_pool(base, pages: int, runs: int) -> None:
     from .suite.workloads import WORKLOADS
 
     for name in ("multi_turn_short", "multi_turn_long", "generative_agents"):
         w = WORKLOADS[name]
         res = {}
         for policy in ("today", "both"):
-            e = base.with_config(kv_pages=pages, **POLICIES[policy])
-            try:
-                t0 = time.perf_counter()
-                await w.run(e, w.full, False)
-                res[policy] = (time.perf_counter() - t0, e.stats()["cache_hit_rate"])
-            finally:
-                await e.aclose()
+            walls, hits = [], []
+            for _ in range(runs):
+                e = base.with_config(kv_pages=pages, **POLICIES[policy])
+                try:
+                    t0 = time.perf_counter()
+                    await w.run(e, w.full, False)
+                    walls.append(time.perf_counter() - t0)
+                    hits.append(e.stats()["cache_hit_rate"])
+                finally:
+                    await e.aclose()
+            res[policy] = (statistics.median(walls), statistics.median(hits))
         report(f"program_aware_suite_{name}", pages=pages, today_s=res["today"][0], both_s=res["both"][0],
                speedup=res["today"][0] / res["both"][0], today_hit_rate=res["today"][1],
-               both_hit_rate=res["both"][1])
+               both_hit_rate=res["both"][1], runs=runs)
 
 
 async def main(a) -> None:
     base = sgagent.Engine()
+    if a.suite_only:
+        await suite_small_pool(base, a.suite_pages, a.runs)
+        return await base.aclose()
     n = 4 if a.small else a.programs
     shape = (dict(steps=2, question_words=40, observation_words=20, think=4) if a.small
              else dict(steps=6, question_words=500, observation_words=110, think=16))
@@ -132,7 +139,7 @@ async def main(a) -> None:
                both_programs_per_s=roomy["both"]["programs_per_s"],
                ratio=roomy["both"]["programs_per_s"] / roomy["today"]["programs_per_s"], runs=a.runs)
     if not a.small and a.suite_pages:
-        await suite_small_pool(base, a.suite_pages)
+        await suite_small_pool(base, a.suite_pages, a.runs)
     await base.aclose()
 
 
@@ -145,6 +152,7 @@ if __name__ == "__main__":
     ap.add_argument("--suite-pages", type=int, default=48, help="pool of the suite workloads' small-pool runs (0: skip them)")
     ap.add_argument("--policies", default=",".join(POLICIES),
                     help="comma-separated, today first (the ratios are against the first)")
+    ap.add_argument("--suite-only", action="store_true", help="only the suite workloads' small-pool runs")
     ap.add_argument("--no-roomy", dest="roomy", action="store_false", help="skip the pool-holds-everything runs")
     a = ap.parse_args()
     a.policies = a.policies.split(",")
