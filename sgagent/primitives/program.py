@@ -42,7 +42,7 @@ class Program:
         """Run once; returns the final state (its `return_value` is what the function returned)."""
         engine = engine or default_engine()
         pid = f"{self.name}-{next(_ids)}"
-        state = ProgramState(engine, pid)
+        state = ProgramState(engine, pid, program_ends=False)  # ended below, when the function returns
         log = get_logger("sgagent.program", program_id=pid)
         with structlog.contextvars.bound_contextvars(program_id=pid):
             log.debug("program.start", program=self.name)

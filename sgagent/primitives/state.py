@@ -35,7 +35,8 @@ class ProgramState:
                  parent: "ProgramState | None" = None, *, program_ends: bool = True):
         """program_id: unique among the programs running on the engine (one made up when None); the engine keeps
         a program's KV between its calls and schedules by it. program_ends: once nothing holds this state, its
-        program has ended; False where the program outlives its states (an agent's, whose program is the agent)."""
+        program has ended; False where something else ends it (Program.run when its function returns, the agent
+        runtime for an agent's states, whose program is the agent)."""
         self.engine = engine
         self.program_id = program_id or f"state-{next(_state_ids)}"
         self.path = path
@@ -52,8 +53,8 @@ class ProgramState:
         self.log = get_logger("sgagent.program", program_id=self.program_id, branch=self.branch_name)
         end = getattr(engine, "end_program", None)
         if program_ends and not path and end is not None:
-            # a trunk nobody holds makes no more calls (a state dropped half-way, a
-            # helper's throwaway state): its program has ended, so its pins go now instead of at their TTL
+            # a trunk nobody holds makes no more calls (a state dropped half-way, a helper's throwaway state):
+            # its program has ended, so its pins go now instead of at their TTL
             weakref.finalize(self, _unreachable, end, self.program_id)
 
     @property
