@@ -1,14 +1,21 @@
-"""LlamaCppBackend: llama.cpp (llama-cpp-python) on the same GGUF file, one sequence at a time.
+"""LlamaCppBackend: llama.cpp (llama-cpp-python) on the same GGUF file, one sequence at a time, in its own process.
 
 llama.cpp keeps the KV of its last sequence and reuses the longest common prefix of the next one, so it gets
 prefix reuse for consecutive calls (not across interleaved programs); that reuse is counted as cached tokens.
 Sampling and constraint masks use sgagent's own sampler and FSMs on llama.cpp's logits, so the comparison is
-of the forward passes and of the scheduling, not of sampling code.
+of the forward passes and of the scheduling, not of sampling code. The model lives in a child process
+(`llama_worker.py`): sharing the engine's process, llama.cpp's threads and torch's OpenMP team slowed each other.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import contextlib
+import importlib.util
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from sgagent.engine.constrained.fsm import apply_masks
@@ -18,11 +25,60 @@ from .base import SerialBackend
 
 
 def llama_cpp_installed() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # found, not imported: the library is only ever loaded in the worker's process
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaWorker:
+    """The child process that holds the model: each call evaluates tokens there and returns next-token logits."""
+
+    def __init__(self, path: str, n_ctx: int, threads: int):
+        worker = Path(__file__).with_name("llama_worker.py")
+        self.proc = subprocess.Popen([sys.executable, str(worker), path, str(n_ctx), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        hello = self._read()
+        self.n_vocab, self.n_ctx = hello["n_vocab"], hello["n_ctx"]
+
+    def _read(self):
+        try:
+            return pickle.load(self.proc.stdout)
+        except EOFError:
+            raise RuntimeError(f"the llama.cpp worker exited with {self.proc.wait()}") from None
+
+    def _call(self, *request, logits: bool = True):
+        try:
+            pickle.dump(request, self.proc.stdin)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError(f"the llama.cpp worker exited with {self.proc.wait()}") from None
+        header = self._read()
+        if not logits:
+            return header, None
+        raw = self.proc.stdout.read(4 * self.n_vocab)
+        return header, torch.frombuffer(bytearray(raw), dtype=torch.float32)
+
+    def feed(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+        """Hold `ids` (reusing the common prefix of what is held): the next-token logits and the reuse."""
+        keep, logits = self._call("feed", list(ids))
+        return logits, keep
+
+    def eval(self, at: int, ids: list[int]) -> torch.Tensor:
+        """Append `ids` after the first `at` held tokens: the next-token logits."""
+        return self._call("eval", at, list(ids))[1]
+
+    def reset(self) -> None:
+        self._call("reset", logits=False)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                pickle.dump(("close",), self.proc.stdin)
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class LlamaCppBackend(SerialBackend):
@@ -30,44 +86,22 @@ class LlamaCppBackend(SerialBackend):
 
     def __init__(self, engine, n_ctx: int = 4096):
         super().__init__(engine)
-        from llama_cpp import Llama
-
         if not engine.model_path.endswith(".gguf"):
             raise ValueError("llama.cpp needs a GGUF model file")
-        self.llm = Llama(model_path=engine.model_path, n_ctx=n_ctx, n_batch=512,
-                         n_threads=torch.get_num_threads(), verbose=False)
-        self.n_vocab = self.llm.n_vocab()
+        self.llm = LlamaWorker(engine.model_path, n_ctx, torch.get_num_threads())
 
     def reset(self) -> None:
         super().reset()
-        self.llm.n_tokens = 0
+        self.llm.reset()
 
     def close(self) -> None:
         self.llm.close()
 
-    def _feed(self, ids: list[int]) -> tuple[torch.Tensor, int]:
-        """Make the context hold `ids` (reusing the common prefix), return the next-token logits and the reuse."""
-        llm = self.llm
-        have = llm.input_ids[: llm.n_tokens]
-        keep = 0
-        for a, b in zip(have, ids):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(ids) - 1)  # at least one token evaluated, for fresh logits
-        llm.n_tokens = keep
-        llm.eval(ids[keep:])
-        return self._logits(), keep
-
-    def _logits(self) -> torch.Tensor:
-        raw = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
-        return torch.from_numpy(raw.copy())
-
     def _generate(self, ids, params, constraint):
-        if len(ids) + params.max_tokens > self.llm.n_ctx():
-            raise ValueError(f"prompt + max_tokens exceeds llama.cpp's context of {self.llm.n_ctx()}")
+        if len(ids) + params.max_tokens > self.llm.n_ctx:
+            raise ValueError(f"prompt + max_tokens exceeds llama.cpp's context of {self.llm.n_ctx}")
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else torch.Generator()
-        logits, cached = self._feed(ids)
+        logits, cached = self.llm.feed(ids)
         stops = self.eos_ids | set(params.stop_token_ids)
         out: list[int] = []
         text_len = 0
@@ -90,19 +124,16 @@ class LlamaCppBackend(SerialBackend):
                 text_len = len(text)
             if len(out) == params.max_tokens:
                 break
-            self.llm.eval([tok])
-            logits = self._logits()
+            logits = self.llm.eval(len(ids) + len(out) - 1, [tok])
         return out, cached
 
     def _score(self, base, conts):
-        first, cached = self._feed(base)
+        first, cached = self.llm.feed(base)
         first = first.log_softmax(-1)
         out = []
         for c in conts:
             lps = [first[c[0]].item()]
-            self.llm.n_tokens = len(base)
-            for prev, t in zip(c, c[1:]):
-                self.llm.eval([prev])
-                lps.append(self._logits().log_softmax(-1)[t].item())
+            for i, (prev, t) in enumerate(zip(c, c[1:])):
+                lps.append(self.llm.eval(len(base) + i, [prev]).log_softmax(-1)[t].item())
             out.append(lps)
         return out, cached

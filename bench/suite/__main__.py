@@ -1,4 +1,4 @@
-"""Every workload on sgagent (prefix reuse on), sgagent without reuse, transformers and llama.cpp (if installed).
+"""Every workload on sgagent (prefix reuse on), sgagent without reuse, transformers, llama.cpp and vLLM (if installed).
 
 python -m bench.suite [WORKLOAD ...] [--small] [--scale F] [--runs N] [--systems a,b] [--out DIR]
 
@@ -48,6 +48,11 @@ async def main(a) -> list[dict]:
     where = machine()
     print(f"# benchmark suite on {where}; systems {systems.names}"
           + (f" (not here: {systems.missing})" if systems.missing else ""), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m bench.suite"] + sys.argv[1:])
+    meta = {"machine": where, "date": time.strftime("%Y-%m-%d"), "command": command,
+            "small": a.small, "scale": a.scale, "runs": a.runs, "max_new": cap, "systems": systems.names}
     rows = []
     bar = tqdm(total=len(chosen) * len(systems.names) * a.runs, desc="bench", unit="run", file=sys.stderr)
     try:
@@ -58,21 +63,20 @@ async def main(a) -> list[dict]:
             fields = {f"{k}_programs_per_s": v["programs_per_s"] for k, v in row["systems"].items()}
             report(f"suite_{w.name}", programs=row["programs"], **fields, **row["ratios"],
                    hit_rate=row["systems"].get("sgagent", {}).get("hit_rate", 0.0), runs=a.runs)
+            write(out, meta, rows)  # after every workload: a long run cut short keeps what it measured
     finally:
         bar.close()
         await systems.aclose()
         await base.aclose()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": where, "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python -m bench.suite"] + sys.argv[1:]),
-            "small": a.small, "scale": a.scale, "runs": a.runs, "max_new": cap, "systems": systems.names}
-    md = table(rows)
-    print("\n" + md, flush=True)
-    (out / "suite.md").write_text(f"{meta['command']}\n\n{where}\n\n{md}\n")
-    write_json(out / "suite.json", meta, rows)
-    plot(out / "suite.png", rows, f"sgagent speed-up per workload ({where})")
+    print("\n" + table(rows), flush=True)
     print(f"wrote {out / 'suite.json'}, {out / 'suite.md'}, {out / 'suite.png'}", flush=True)
     return rows
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> None:
+    (out / "suite.md").write_text(f"{meta['command']}\n\n{meta['machine']}\n\n{table(rows)}\n")
+    write_json(out / "suite.json", meta, rows)
+    plot(out / "suite.png", rows, f"sgagent speed-up per workload ({meta['machine']})")
 
 
 if __name__ == "__main__":
