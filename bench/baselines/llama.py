@@ -43,14 +43,17 @@ class LlamaWorker:
         try:
             return pickle.load(self.proc.stdout)
         except EOFError:
-            raise RuntimeError(f"the llama.cpp worker exited with {self.proc.wait()}") from None
+            raise self._exited() from None
+
+    def _exited(self) -> RuntimeError:
+        return RuntimeError(f"the llama.cpp worker exited with {self.proc.wait()}")
 
     def _call(self, *request, logits: bool = True):
         try:
             pickle.dump(request, self.proc.stdin)
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise RuntimeError(f"the llama.cpp worker exited with {self.proc.wait()}") from None
+            raise self._exited() from None
         header = self._read()
         if not logits:
             return header, None
