@@ -4,6 +4,8 @@ the engine-on-dense-weights' tokens."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -106,8 +108,8 @@ def test_default_model_matrices_are_its_dense_weights(ops, fast, engine):
 def test_bad_operands_are_refused(ops):
     w = pack(random_blocks(Q4_1, 32, 64))
     x = torch.zeros(2, 64, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="bfloat16"):
-        ops.quant_linear(x.float(), w.tiles, w.qtype, 32, 64)
+    with pytest.raises(RuntimeError, match="bfloat16 or float32"):
+        ops.quant_linear(x.half(), w.tiles, w.qtype, 32, 64)
     with pytest.raises(RuntimeError, match=r"\[M, K\]"):
         ops.quant_linear(torch.zeros(2, 32, dtype=torch.bfloat16), w.tiles, w.qtype, 32, 64)
     with pytest.raises(RuntimeError, match="tiles of this qtype"):
@@ -153,3 +155,52 @@ async def test_engine_on_blocks_gives_the_dense_engines_tokens(bf16_pair, engine
         b = await dense.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         assert a.token_ids == b.token_ids, p
         assert a.logprobs == pytest.approx(b.logprobs, abs=0.05)
+
+
+def dense_fp32(w: QuantWeight) -> torch.Tensor:
+    from gguf.quants import dequantize
+
+    return torch.from_numpy(dequantize(w.rows, w.qtype).reshape(w.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", QTYPES.values(), ids=QTYPES.keys())
+def test_float32_products_are_the_dense_float32_model_and_row_invariant(ops, qtype):
+    """quant_linear_fp32.cpp: the weights multiplied are gguf-py's float32 values bit for bit, the products are
+    a dense matmul's up to the order of the sums, and a row's values do not depend on the other rows."""
+    w = random_blocks(qtype, 48, 96, seed=2)
+    dense = dense_fp32(w)
+    assert torch.equal(multiply(ops, w, torch.eye(96), True), dense.t())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(130, 96, generator=g)  # 130: two blocks of 64 rows, then an odd pair
+    together = multiply(ops, w, x, True)
+    assert together.dtype == torch.float32 and together.shape == (130, 48)
+    want = x @ dense.t()
+    assert ((together - want).abs() <= 1e-5 * want.abs().max()).all()
+    for rows in (1, 2, 3, 17, 64, 65):
+        assert torch.equal(multiply(ops, w, x[-rows:], True), together[-rows:]), rows
+    assert torch.equal(multiply(ops, w, x[3:40:3], True), together[3:40:3])  # odd rows in pairs and alone
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fp32_blocks():
+    blocks = sgagent.Engine(kv_cache_bytes=16 << 20, gguf_blocks=True)
+    yield blocks
+    await blocks.aclose()
+
+
+async def test_float32_engine_on_blocks_gives_the_dense_engines_tokens(fp32_blocks, engine):
+    model = fp32_blocks.runner.model
+    assert fp32_blocks.runner.dtype == torch.float32 == engine.runner.dtype
+    assert len([m for m in model.modules() if getattr(m, "packed", None) is not None]) == 4 * 30 + 1
+    prompts = ["The capital of France is", "def fib(n):", "Three colors of the rainbow:", "Once upon a time"]
+    alone = []
+    for p in prompts:
+        a = await fp32_blocks.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
+        b = await engine.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
+        assert a.token_ids == b.token_ids, p
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+        alone.append(a)
+    # batch invariance holds on the blocks: the four at once give each one's tokens and logprobs bit for bit
+    together = await asyncio.gather(*(fp32_blocks.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
+                                      for p in prompts))
+    assert [(r.token_ids, r.logprobs) for r in together] == [(r.token_ids, r.logprobs) for r in alone]

@@ -29,6 +29,8 @@ def parse(argv=None):
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS))
     ap.add_argument("--max-new", type=int, default=None, help="cap unconstrained generations (default 4 with --small)")
     ap.add_argument("--model", default=None, help="a .gguf file or Hugging Face folder (default: SmolLM2-135M)")
+    ap.add_argument("--gguf-blocks", choices=["auto", "on", "off"], default="auto",
+                    help="sgagent's EngineConfig.gguf_blocks (on: float32 steps by the GGUF blocks too)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "out"))
     a = ap.parse_args(argv)
     unknown = [w for w in a.workloads if w not in WORKLOADS]
@@ -43,7 +45,8 @@ async def main(a) -> list[dict]:
 
     chosen = [WORKLOADS[w] for w in (a.workloads or WORKLOADS)]
     cap = a.max_new if a.max_new is not None else (4 if a.small else None)
-    base = sgagent.Engine(a.model, kv_cache_bytes=1 << 30)
+    blocks = {"auto": None, "on": True, "off": False}[a.gguf_blocks]
+    base = sgagent.Engine(a.model, kv_cache_bytes=1 << 30, gguf_blocks=blocks)
     systems = Systems(base, [s for s in a.systems.split(",") if s])
     where = machine()
     print(f"# benchmark suite on {where}; systems {systems.names}"

@@ -29,10 +29,13 @@ class EngineConfig:
     # reading the paged pool in place, K/V stores and a layer's element-wise work; off, or without a compiler:
     # plain torch (gather the pages then SDPA, torch's element-wise ops)
     cpu_kernels: bool = True
-    # with cpu_kernels on an AMX CPU in bf16: steps of up to 384 rows multiply by a GGUF file's Q4_1/Q8_0 matrices
-    # in their blocks (dequantized tile by tile to the same bf16 values; csrc/quant_linear.cpp), reading a third of
-    # the bytes of dense bf16. Fixed at load: with_config engines share the weights as loaded
-    gguf_blocks: bool = True
+    # with cpu_kernels, multiply by a GGUF file's Q4_1/Q8_0 matrices in their blocks, dequantized tile by tile to the
+    # dense model's very values (csrc/quant_linear.cpp, quant_linear_fp32.cpp): steps of up to 384 rows (any, when
+    # deterministic) read a third of dense bf16's bytes, a sixth of float32's. None: where that is the faster
+    # choice, bf16 on an AMX CPU. True: float32 too, an AVX2 kernel: single-stream decode 3.1x faster, but its
+    # products run at half MKL's speed, so many-row steps are slower (bench/RESULTS.md). False: dense always.
+    # Fixed at load: with_config engines share the weights as loaded
+    gguf_blocks: bool | None = None
     # batch-invariant numerics: a request's tokens (greedy, or sampled with a seed) do not depend on what else runs
     # in its steps, on where its prompt's chunks fall, or on whether its prefix came from the radix cache. On CPU
     # with the C++ ops: every attention row in the paged kernel, projections by one kernel at any row count

@@ -118,9 +118,13 @@ class ModelRunner:
         return True
 
     def _use_gguf_blocks(self, cfg: EngineConfig) -> bool:
-        """Multiply by a GGUF's Q4_1/Q8_0 blocks on few-row steps: bf16 CPU steps where the ops have AMX."""
-        return (cfg.gguf_blocks and self.cpu_ops is not None and self.dtype == torch.bfloat16
-                and self.cpu_ops.quant_linear_fast())
+        """Multiply by a GGUF's Q4_1/Q8_0 blocks (EngineConfig.gguf_blocks): by default bf16 CPU steps where the ops
+        have AMX; asked for, float32 steps too."""
+        if cfg.gguf_blocks is False or self.cpu_ops is None:
+            return False
+        if self.dtype == torch.float32:
+            return cfg.gguf_blocks is True
+        return self.dtype == torch.bfloat16 and self.cpu_ops.quant_linear_fast()
 
     def _argmax_only(self, plan: StepPlan, lp_rows: list[int]) -> bool:
         """Whether all this step needs of the logits is each row's argmax (greedy rows with no constraint and no

@@ -10,6 +10,9 @@ namespace sgagent::ops {
 
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, int64_t qtype, int64_t N, int64_t K,
                         bool allow_fast);
+// y [M, N] = x [M, K] @ W^T for contiguous float32 x and y, W in quant_linear's tiles
+void quant_linear_fp32(const float* x, int64_t M, const uint8_t* packed, int64_t qtype, int64_t N, int64_t K,
+                       float* y);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv(const at::Tensor& qkv, const at::Tensor& cos,
                                                         const at::Tensor& sin, int64_t H, int64_t Hkv);
 void store_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots, const at::Tensor& k,

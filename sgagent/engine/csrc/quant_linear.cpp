@@ -1,4 +1,5 @@
-// y = x @ W^T for bf16 activations and GGUF block-quantized weights (Q4_1, Q8_0), dequantized on the fly.
+// y = x @ W^T for bf16 activations and GGUF block-quantized weights (Q4_1, Q8_0), dequantized on the fly (float32
+// activations: quant_linear_fp32.cpp).
 //
 // Why: a CPU decode step is bound by streaming the weights from memory. As bf16 the default model's
 // projections and lm_head are 271 MB a step; kept in their GGUF blocks they are 97 MB. Each 16 x 32 tile of W
@@ -290,8 +291,9 @@ namespace sgagent::ops {
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, int64_t qtype, int64_t N, int64_t K,
                         bool allow_fast) {
   TORCH_CHECK(qtype == kQ4_1 || qtype == kQ8_0, "quant_linear: qtype must be 3 (Q4_1) or 8 (Q8_0)");
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == K && x.scalar_type() == at::kBFloat16,
-              "quant_linear: x must be a CPU bfloat16 [M, K] tensor");
+  const bool fp32 = x.scalar_type() == at::kFloat;
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == K && (fp32 || x.scalar_type() == at::kBFloat16),
+              "quant_linear: x must be a CPU bfloat16 or float32 [M, K] tensor");
   TORCH_CHECK(N % kTileN == 0 && K % kTileK == 0, "quant_linear: N must be a multiple of 16, K of 32");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
                   packed.numel() == (N / kTileN) * (K / kTileK) * tile_bytes(qtype),
@@ -300,6 +302,11 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, int64_t q
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
   const uint8_t* w = packed.data_ptr<uint8_t>();
+  if (fp32) {  // quant_linear_fp32.cpp: one kernel at any row count (it is AVX2's, or its portable twin)
+    const at::Tensor xc = x.contiguous();
+    quant_linear_fp32(xc.data_ptr<float>(), M, w, qtype, N, K, out.data_ptr<float>());
+    return out;
+  }
 #ifdef SGAGENT_AMX
   if (allow_fast && amx_permitted()) {
     linear_amx(x, w, qtype, N, K, out.data_ptr<c10::BFloat16>());
