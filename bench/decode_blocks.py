@@ -8,6 +8,8 @@ Each size decodes 128 greedy tokens (EOS ignored) for that many sequences at onc
 
 from __future__ import annotations
 
+import itertools
+
 import sgagent
 
 from .common import cli, machine, report, timed
@@ -24,7 +26,7 @@ async def main(runs: int, small: bool):
             seconds = {}
             for name, eng in (("dense", dense), ("blocks", blocks)):
                 base = prompts(eng, n)
-                fresh = iter(range(1, 1 << 20))
+                fresh = itertools.count(1)
 
                 async def run(eng=eng, base=base, fresh=fresh):
                     k = next(fresh)

@@ -17,6 +17,7 @@ from sgagent.engine.model.llama import _cat_blocks
 from sgagent.engine.model.quantized import BLOCK_BYTES, Q4_1, Q8_0, QuantWeight, pack, packable
 
 QTYPES = {"Q4_1": Q4_1, "Q8_0": Q8_0}
+PROMPTS = ["The capital of France is", "def fib(n):", "Three colors of the rainbow:", "Once upon a time"]
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +49,16 @@ def random_blocks(qtype: int, n: int, k: int, seed: int = 0) -> QuantWeight:
     return QuantWeight(qtype, blocks.reshape(n, k // 32 * BLOCK_BYTES[qtype]))
 
 
-def dense_bf16(w: QuantWeight) -> torch.Tensor:
-    """What the engine's dense path holds: gguf-py's float32 dequantization, rounded to bf16."""
+def dense_fp32(w: QuantWeight) -> torch.Tensor:
+    """What the engine's dense float32 path holds: gguf-py's float32 dequantization."""
     from gguf.quants import dequantize
 
-    return torch.from_numpy(dequantize(w.rows, w.qtype).reshape(w.shape).astype(np.float32)).bfloat16()
+    return torch.from_numpy(dequantize(w.rows, w.qtype).reshape(w.shape).astype(np.float32))
+
+
+def dense_bf16(w: QuantWeight) -> torch.Tensor:
+    """What the engine's dense bf16 path holds: the float32 values rounded to bf16."""
+    return dense_fp32(w).bfloat16()
 
 
 def multiply(ops, w: QuantWeight, x: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -149,18 +155,11 @@ async def test_engine_on_blocks_gives_the_dense_engines_tokens(bf16_pair, engine
     assert dense.runner.model.packed is None and engine.runner.model.packed is None  # off; float32
     with pytest.raises(ValueError, match="gguf_blocks"):
         blocks.with_config(gguf_blocks=False)
-    prompts = ["The capital of France is", "def fib(n):", "Three colors of the rainbow:", "Once upon a time"]
-    for p in prompts:
+    for p in PROMPTS:
         a = await blocks.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         b = await dense.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         assert a.token_ids == b.token_ids, p
         assert a.logprobs == pytest.approx(b.logprobs, abs=0.05)
-
-
-def dense_fp32(w: QuantWeight) -> torch.Tensor:
-    from gguf.quants import dequantize
-
-    return torch.from_numpy(dequantize(w.rows, w.qtype).reshape(w.shape).astype(np.float32))
 
 
 @pytest.mark.parametrize("qtype", QTYPES.values(), ids=QTYPES.keys())
@@ -192,9 +191,8 @@ async def test_float32_engine_on_blocks_gives_the_dense_engines_tokens(fp32_bloc
     model = fp32_blocks.runner.model
     assert fp32_blocks.runner.dtype == torch.float32 == engine.runner.dtype
     assert len([m for m in model.modules() if getattr(m, "packed", None) is not None]) == 4 * 30 + 1
-    prompts = ["The capital of France is", "def fib(n):", "Three colors of the rainbow:", "Once upon a time"]
     alone = []
-    for p in prompts:
+    for p in PROMPTS:
         a = await fp32_blocks.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         b = await engine.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         assert a.token_ids == b.token_ids, p
@@ -202,5 +200,5 @@ async def test_float32_engine_on_blocks_gives_the_dense_engines_tokens(fp32_bloc
         alone.append(a)
     # batch invariance holds on the blocks: the four at once give each one's tokens and logprobs bit for bit
     together = await asyncio.gather(*(fp32_blocks.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
-                                      for p in prompts))
+                                      for p in PROMPTS))
     assert [(r.token_ids, r.logprobs) for r in together] == [(r.token_ids, r.logprobs) for r in alone]

@@ -21,11 +21,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <vector>
 
 #include "cpu_common.h"
 #include "ops.h"
+#include "quant_tiles.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(SGAGENT_AVX512_BF16)
 #define SGAGENT_AMX 1
@@ -36,16 +36,7 @@
 
 namespace {
 
-constexpr int64_t kQ4_1 = 3, kQ8_0 = 8;  // ggml's type numbers
-constexpr int64_t kTileN = 16, kTileK = 32;
-
-int64_t tile_bytes(int64_t qtype) { return qtype == kQ4_1 ? 320 : 544; }
-
-inline float half_to_float(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
-}
+using namespace sgagent::tiles;
 
 // One tile dequantized to float32 w[n][k] (n < 16, k < 32), each value rounded to bf16: the portable path.
 void dequant_tile_ref(const uint8_t* t, int64_t qtype, float w[kTileN][kTileK]) {

@@ -16,10 +16,10 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "ops.h"
+#include "quant_tiles.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -28,17 +28,13 @@
 
 namespace {
 
-constexpr int64_t kQ4_1 = 3, kTileN = 16, kTileK = 32, kRowBlock = 64;
+using namespace sgagent::tiles;
 
-inline float half_to_float(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
-}
+constexpr int64_t kRowBlock = 64;
 
 // The panel of output tile nt: row n (of 16) holds its K weights contiguously, panel[n * K + k].
 void dequant_panel(const uint8_t* tiles, int64_t qtype, int64_t K, float* panel) {
-  const int64_t KB = K / kTileK, tb = qtype == kQ4_1 ? 320 : 544;
+  const int64_t KB = K / kTileK, tb = tile_bytes(qtype);
   for (int64_t kb = 0; kb < KB; ++kb) {
     const uint8_t* t = tiles + kb * tb;
     for (int n = 0; n < kTileN; ++n) {
@@ -116,7 +112,7 @@ namespace sgagent::ops {
 
 void quant_linear_fp32(const float* x, int64_t M, const uint8_t* packed, int64_t qtype, int64_t N, int64_t K,
                        float* y) {
-  const int64_t NT = N / kTileN, tb = qtype == kQ4_1 ? 320 : 544, KB = K / kTileK;
+  const int64_t NT = N / kTileN, tb = tile_bytes(qtype), KB = K / kTileK;
   at::parallel_for(0, NT, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> panel;
     panel.resize(kTileN * K);
