@@ -152,7 +152,9 @@ async def test_engine_on_blocks_gives_the_dense_engines_tokens(bf16_pair, engine
     attached = [m for m in model.modules() if getattr(m, "packed", None) is not None]
     # every projection of the 30 layers (qkv, o, gate_up, down) and the tied lm_head, or none without AMX
     assert len(attached) == (4 * 30 + 1 if fast else 0)
-    assert dense.runner.model.packed is None and engine.runner.model.packed is None  # off; float32
+    assert dense.runner.model.packed is None  # off
+    # float32 takes the blocks by default where its kernel is AVX-512's (as fast as MKL at many rows)
+    assert (engine.runner.model.packed is not None) == engine.runner.cpu_ops.quant_linear_fp32_wide()
     with pytest.raises(ValueError, match="gguf_blocks"):
         blocks.with_config(gguf_blocks=False)
     for p in PROMPTS:
@@ -180,21 +182,37 @@ def test_float32_products_are_the_dense_float32_model_and_row_invariant(ops, qty
     assert torch.equal(multiply(ops, w, x[3:40:3], True), together[3:40:3])  # odd rows in pairs and alone
 
 
+@pytest.mark.parametrize("qtype", QTYPES.values(), ids=QTYPES.keys())
+def test_float32_fast_path_gives_the_portable_loops_bits(ops, qtype):
+    # K = 1536: AVX-512 cuts the chains into column segments and x into blocks of 84 rows; 200 rows cross both
+    w = random_blocks(qtype, 48, 1536, seed=3)
+    x = torch.randn(200, 1536, generator=torch.Generator().manual_seed(1))
+    fast = multiply(ops, w, x, True)
+    assert torch.equal(fast, multiply(ops, w, x, False))
+    for rows in (1, 2, 3, 4, 85, 200):
+        assert torch.equal(multiply(ops, w, x[:rows], True), fast[:rows]), rows
+
+
 @pytest_asyncio.fixture(scope="module")
-async def fp32_blocks():
-    blocks = sgagent.Engine(kv_cache_bytes=16 << 20, gguf_blocks=True)
-    yield blocks
+async def fp32_pair():
+    """The default model in float32 on its GGUF blocks and on its dense weights."""
+    blocks = sgagent.Engine(kv_cache_bytes=16 << 20, dtype="float32", gguf_blocks=True)
+    dense = sgagent.Engine(kv_cache_bytes=16 << 20, dtype="float32", gguf_blocks=False)
+    yield blocks, dense
     await blocks.aclose()
+    await dense.aclose()
 
 
-async def test_float32_engine_on_blocks_gives_the_dense_engines_tokens(fp32_blocks, engine):
+async def test_float32_engine_on_blocks_gives_the_dense_engines_tokens(fp32_pair):
+    fp32_blocks, dense = fp32_pair
     model = fp32_blocks.runner.model
-    assert fp32_blocks.runner.dtype == torch.float32 == engine.runner.dtype
+    assert fp32_blocks.runner.dtype == torch.float32 == dense.runner.dtype
     assert len([m for m in model.modules() if getattr(m, "packed", None) is not None]) == 4 * 30 + 1
+    assert dense.runner.model.packed is None
     alone = []
     for p in PROMPTS:
         a = await fp32_blocks.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
-        b = await engine.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
+        b = await dense.generate(p, max_tokens=24, temperature=0.0, logprobs=True)
         assert a.token_ids == b.token_ids, p
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
         alone.append(a)

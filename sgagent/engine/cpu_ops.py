@@ -59,7 +59,8 @@ def cpu_ops():
     - rope_qkv(qkv [T, (H + 2 Hkv) D], cos, sin [T, D], H, Hkv) -> q [T, H, D], k, v [T, Hkv, D], q and k rotated;
     - rows_to_float(y [T, V]) -> float32 [T, V], contiguous; argmax_rows(y) -> int64 [T], torch.max's tie rule;
     - quant_linear(x [T, K] bf16 or float32, tiles, qtype, N, K) -> x @ W^T [T, N] for W in GGUF Q4_1/Q8_0 blocks
-      packed by model/quantized.py (bf16: AMX where quant_linear_fast(), else a portable loop; float32: AVX2);
+      packed by model/quantized.py (bf16: AMX where quant_linear_fast(), else a portable loop; float32: AVX-512
+      where quant_linear_fp32_wide(), else AVX2; allow_fast=False: the portable loop, the same float32 bits);
     - decode_layers(...) -> (x, h): a step of decodes through every decoder layer, the ops above in the model's
       order (csrc/decode_layers.cpp; model/llama.py's CausalLM._native_decode supplies its arguments).
     Their inputs may be strided (a decode step's projections come back transposed); outputs are contiguous.

@@ -118,12 +118,12 @@ class ModelRunner:
         return True
 
     def _use_gguf_blocks(self, cfg: EngineConfig) -> bool:
-        """Multiply by a GGUF's Q4_1/Q8_0 blocks (EngineConfig.gguf_blocks): by default bf16 CPU steps where the ops
-        have AMX; asked for, float32 steps too."""
+        """Multiply by a GGUF's Q4_1/Q8_0 blocks (EngineConfig.gguf_blocks): by default where the ops do it at
+        dense speed or better, bf16 steps with AMX and float32 steps with AVX-512; asked for, float32 on AVX2 too."""
         if cfg.gguf_blocks is False or self.cpu_ops is None:
             return False
         if self.dtype == torch.float32:
-            return cfg.gguf_blocks is True
+            return cfg.gguf_blocks is True or self.cpu_ops.quant_linear_fp32_wide()
         return self.dtype == torch.bfloat16 and self.cpu_ops.quant_linear_fast()
 
     def _argmax_only(self, plan: StepPlan, lp_rows: list[int]) -> bool:

@@ -293,9 +293,9 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, int64_t q
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
   const uint8_t* w = packed.data_ptr<uint8_t>();
-  if (fp32) {  // quant_linear_fp32.cpp: one kernel at any row count (it is AVX2's, or its portable twin)
+  if (fp32) {  // quant_linear_fp32.cpp: one reduction order at any row count, on AVX-512, AVX2 or portably
     const at::Tensor xc = x.contiguous();
-    quant_linear_fp32(xc.data_ptr<float>(), M, w, qtype, N, K, out.data_ptr<float>());
+    quant_linear_fp32(xc.data_ptr<float>(), M, w, qtype, N, K, out.data_ptr<float>(), allow_fast);
     return out;
   }
 #ifdef SGAGENT_AMX
@@ -316,4 +316,6 @@ TORCH_LIBRARY_FRAGMENT(sgagent_cpu, m) {
   m.impl("quant_linear", c10::DispatchKey::CPU, TORCH_FN(sgagent::ops::quant_linear));
   m.def("quant_linear_fast() -> bool");
   m.impl("quant_linear_fast", c10::DispatchKey::CatchAll, TORCH_FN(fast_path));
+  m.def("quant_linear_fp32_wide() -> bool");
+  m.impl("quant_linear_fp32_wide", c10::DispatchKey::CatchAll, TORCH_FN(sgagent::ops::quant_linear_fp32_wide));
 }
