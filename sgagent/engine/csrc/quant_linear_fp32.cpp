@@ -45,8 +45,8 @@ constexpr int64_t kRowBlockBytes = 512 << 10;  // ...and at most this much of x 
 int64_t row_block(int64_t K) { return std::clamp<int64_t>(kRowBlockBytes / (4 * K) / 3 * 3, 3, kRowBlock); }
 constexpr int64_t kSegK = 640;  // AVX-512: columns of a panel (16 x kSegK floats) run over by a whole row block
 
-// Output n of tile t, its 32 weights as 4 chunks of 8: chunk q at dst + q * stride.
-inline void dequant_tile_row(const uint8_t* t, int64_t qtype, int n, float* dst, int64_t stride) {
+// Output n of tile t: its 32 weights into dst.
+inline void dequant_tile_row(const uint8_t* t, int64_t qtype, int n, float* dst) {
   const float d = half_to_float(t + 2 * n);
   if (qtype == kQ4_1) {
     const float m = half_to_float(t + 32 + 2 * n);
@@ -57,11 +57,11 @@ inline void dequant_tile_row(const uint8_t* t, int64_t qtype, int n, float* dst,
     const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
     const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
     for (int q = 0; q < 4; ++q)
-      _mm256_storeu_ps(dst + q * stride, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[q])), vd, vm));
+      _mm256_storeu_ps(dst + 8 * q, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[q])), vd, vm));
 #else
     for (int j = 0; j < 16; ++j) {
-      dst[(j / 8) * stride + j % 8] = std::fma(static_cast<float>(b[j] & 15), d, m);
-      dst[(j / 8 + 2) * stride + j % 8] = std::fma(static_cast<float>(b[j] >> 4), d, m);
+      dst[j] = std::fma(static_cast<float>(b[j] & 15), d, m);
+      dst[j + 16] = std::fma(static_cast<float>(b[j] >> 4), d, m);
     }
 #endif
   } else {
@@ -70,26 +70,64 @@ inline void dequant_tile_row(const uint8_t* t, int64_t qtype, int n, float* dst,
     const __m256 vd = _mm256_set1_ps(d);
     for (int p = 0; p < 4; ++p) {
       const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * p));
-      _mm256_storeu_ps(dst + p * stride, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), vd));
+      _mm256_storeu_ps(dst + 8 * p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), vd));
     }
 #else
-    for (int k = 0; k < kTileK; ++k) dst[(k / 8) * stride + k % 8] = static_cast<float>(q[k]) * d;
+    for (int k = 0; k < kTileK; ++k) dst[k] = static_cast<float>(q[k]) * d;
 #endif
   }
 }
 
-// The panel of output tile nt. By rows: row n (of 16) holds its K weights contiguously, panel[n * K + k]. Paired
-// (the AVX-512 products'): pair p holds, chunk after chunk, 8 weights of output 2p then the same 8 of 2p + 1.
-void dequant_panel(const uint8_t* tiles, int64_t qtype, int64_t K, float* panel, bool paired) {
+// The panel of output tile nt: row n (of 16) holds its K weights contiguously, panel[n * K + k].
+void dequant_panel(const uint8_t* tiles, int64_t qtype, int64_t K, float* panel) {
   const int64_t KB = K / kTileK, tb = tile_bytes(qtype);
   for (int64_t kb = 0; kb < KB; ++kb)
-    for (int n = 0; n < kTileN; ++n) {
-      if (paired)
-        dequant_tile_row(tiles + kb * tb, qtype, n, panel + (n / 2) * 2 * K + kb * 64 + (n % 2) * 8, 16);
-      else
-        dequant_tile_row(tiles + kb * tb, qtype, n, panel + n * K + kb * kTileK, 8);
-    }
+    for (int n = 0; n < kTileN; ++n) dequant_tile_row(tiles + kb * tb, qtype, n, panel + n * K + kb * kTileK);
 }
+
+#ifdef SGAGENT_FP32_AVX512
+// The panel paired, for the AVX-512 products: pair p holds, chunk after chunk, 8 weights of output 2p then the
+// same 8 of 2p + 1. Made a pair of outputs at a time: the tile's 16 fp16 scales (and minimums) convert
+// in one instruction (exactly, as half_to_float), and each 512-bit fma writes 8 weights of both outputs.
+void dequant_panel_paired(const uint8_t* tiles, int64_t qtype, int64_t K, float* panel) {
+  const int64_t KB = K / kTileK, tb = tile_bytes(qtype);
+  __m512i pick[kTileN / 2];  // pair p: lanes 0-7 take element 2p, lanes 8-15 element 2p + 1
+  for (int p = 0; p < kTileN / 2; ++p)
+    pick[p] = _mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+                               2 * p + 1, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p);
+  for (int64_t kb = 0; kb < KB; ++kb) {
+    const uint8_t* t = tiles + kb * tb;
+    const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
+    for (int p = 0; p < kTileN / 2; ++p) {
+      float* dst = panel + p * 2 * K + kb * 64;
+      const __m512 vd = _mm512_permutexvar_ps(pick[p], d16);
+      __m128i chunks[4];  // chunk q: 8 quants of output 2p, then the same 8 of 2p + 1
+      if (qtype == kQ4_1) {
+        // rows 2p and 2p + 1 are 32 contiguous bytes; byte j: element j low, j + 16 high
+        const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 64 + 32 * p));
+        const __m256i mask = _mm256_set1_epi8(15);
+        // qwords [row0 0-7, row0 8-15, row1 0-7, row1 8-15] -> [row0 0-7, row1 0-7 | row0 8-15, row1 8-15]
+        const __m256i lo = _mm256_permute4x64_epi64(_mm256_and_si256(bytes, mask), _MM_SHUFFLE(3, 1, 2, 0));
+        const __m256i hi =
+            _mm256_permute4x64_epi64(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask), _MM_SHUFFLE(3, 1, 2, 0));
+        chunks[0] = _mm256_castsi256_si128(lo), chunks[1] = _mm256_extracti128_si256(lo, 1);
+        chunks[2] = _mm256_castsi256_si128(hi), chunks[3] = _mm256_extracti128_si256(hi, 1);
+        const __m512 m16 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 32)));
+        const __m512 vm = _mm512_permutexvar_ps(pick[p], m16);
+        for (int q = 0; q < 4; ++q)
+          _mm512_storeu_ps(dst + 16 * q, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(chunks[q])), vd, vm));
+      } else {
+        const uint8_t* r0 = t + 32 + 64 * p;
+        for (int q = 0; q < 4; ++q)
+          chunks[q] = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r0 + 8 * q)),
+                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r0 + 32 + 8 * q)));
+        for (int q = 0; q < 4; ++q)
+          _mm512_storeu_ps(dst + 16 * q, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(chunks[q])), vd));
+      }
+    }
+  }
+}
+#endif
 
 inline float sum_lanes(const float* l) { return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])); }
 
@@ -244,7 +282,12 @@ void quant_linear_fp32(const float* x, int64_t M, const uint8_t* packed, int64_t
     const int64_t rows = row_block(K);
     for (int64_t m0 = 0; m0 < M; m0 += rows)
       for (int64_t nt = t0; nt < t1; ++nt) {
-        dequant_panel(packed + nt * KB * tb, qtype, K, panel.data(), path == Path::kAvx512);
+#ifdef SGAGENT_FP32_AVX512
+        if (path == Path::kAvx512)
+          dequant_panel_paired(packed + nt * KB * tb, qtype, K, panel.data());
+        else
+#endif
+          dequant_panel(packed + nt * KB * tb, qtype, K, panel.data());
         panel_rows(path, x, panel.data(), m0, std::min(M, m0 + rows), K, y, N, nt * kTileN);
       }
   });
