@@ -85,8 +85,15 @@ struct PagedGeneric {
           __builtin_prefetch(nv + b);
         }
       }
-      sgagent::widen_row(kp + off, st.kf.data(), cnt * H * D);
-      sgagent::widen_row(vp + off, st.vf.data(), cnt * H * D);
+      // float32 pools are read in place; other dtypes are widened a page at a time
+      const float* kpage = st.kf.data();
+      const float* vpage = st.vf.data();
+      if constexpr (std::is_same_v<T, float>) {
+        kpage = kp + off, vpage = vp + off;
+      } else {
+        sgagent::widen_row(kp + off, st.kf.data(), cnt * H * D);
+        sgagent::widen_row(vp + off, st.vf.data(), cnt * H * D);
+      }
       for (int64_t h = 0; h < H; ++h)
         for (int64_t r = 0; r < R; ++r) {
           const int64_t hr = h * R + r, stop = std::min<int64_t>(cnt, l[r] - first);
@@ -95,7 +102,7 @@ struct PagedGeneric {
           const float* __restrict qr = st.qf.data() + hr * D;
           float mx = st.m[hr];
           for (int64_t o = 0; o < stop; ++o) {
-            const float* __restrict k = st.kf.data() + (o * H + h) * D;
+            const float* __restrict k = kpage + (o * H + h) * D;
             float d = 0.f;
 #pragma omp simd reduction(+ : d)
             for (int i = 0; i < D; ++i) d += qr[i] * k[i];
@@ -115,7 +122,7 @@ struct PagedGeneric {
           for (int i = 0; i < D; ++i) a[i] = prev[i] * rescale;
           for (int64_t o = 0; o < stop; ++o) {
             const float w = sr[o];
-            const float* __restrict v = st.vf.data() + (o * H + h) * D;
+            const float* __restrict v = vpage + (o * H + h) * D;
 #pragma omp simd
             for (int i = 0; i < D; ++i) a[i] += w * v[i];
           }
