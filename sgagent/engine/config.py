@@ -32,8 +32,8 @@ class EngineConfig:
     # with cpu_kernels, multiply by a GGUF file's Q4_1/Q8_0 matrices in their blocks, dequantized tile by tile to the
     # dense model's very values (csrc/quant_linear.cpp, quant_linear_fp32.cpp): steps of up to 384 rows (any, when
     # deterministic) read a third of dense bf16's bytes, a sixth of float32's. None: where that is the faster
-    # choice, bf16 on an AMX CPU and float32 on an AVX-512 one (many rows at ~80% of MKL's speed, decode ~3x
-    # faster). True: float32 on AVX2 too, single-stream decode 3.1x faster, but products of many rows at half
+    # choice, bf16 on an AMX CPU and float32 on an AVX-512 one (decode 1.8-3.8x faster, many rows 1.3x the
+    # invariant dense path). True: float32 on AVX2 too, single-stream decode 3.1x faster, but products of many rows at half
     # MKL's speed (bench/RESULTS.md). False: dense always.
     # Fixed at load: with_config engines share the weights as loaded
     gguf_blocks: bool | None = None
