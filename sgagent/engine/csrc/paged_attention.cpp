@@ -50,7 +50,7 @@ struct PagedGeneric {
   float scale;
 
   struct State : sgagent::SoftmaxRows {
-    std::vector<float> qf, kf, vf, s;  // the scaled query, a page's keys and values widened, a page's scores
+    std::vector<float> qf, kf, vf, s;  // the scaled query, a page's keys and values widened (bf16/fp16), its scores
   };
 
   PagedGeneric(const at::Tensor& kc, const at::Tensor& vc, int64_t page_size, double sc)
@@ -61,8 +61,10 @@ struct PagedGeneric {
     const int64_t HR = H * rows, block = ps * H * D;
     st.reset(H, rows, D);
     st.qf.resize(HR * D);
-    st.kf.resize(block);
-    st.vf.resize(block);
+    if constexpr (!std::is_same_v<T, float>) {  // float32 pages are read in place (attend)
+      st.kf.resize(block);
+      st.vf.resize(block);
+    }
     st.s.resize(HR * ps);
   }
 
@@ -86,13 +88,14 @@ struct PagedGeneric {
         }
       }
       // float32 pools are read in place; other dtypes are widened a page at a time
-      const float* kpage = st.kf.data();
-      const float* vpage = st.vf.data();
+      const float* kpage;
+      const float* vpage;
       if constexpr (std::is_same_v<T, float>) {
         kpage = kp + off, vpage = vp + off;
       } else {
         sgagent::widen_row(kp + off, st.kf.data(), cnt * H * D);
         sgagent::widen_row(vp + off, st.vf.data(), cnt * H * D);
+        kpage = st.kf.data(), vpage = st.vf.data();
       }
       for (int64_t h = 0; h < H; ++h)
         for (int64_t r = 0; r < R; ++r) {
